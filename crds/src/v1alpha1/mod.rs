@@ -1,0 +1,5 @@
+//! Version `v1alpha1` of the CMQ API.
+
+mod mqtt_cluster;
+
+pub use mqtt_cluster::*;

@@ -1,0 +1,153 @@
+//! `MqttCluster`: one CMQ deployment. For now only the part standalone mode reads: the
+//! hub's listeners and limits (the operator issue adds workloads, NATS and autoscaling).
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Desired state of a CMQ cluster: its hubs' listeners and the limits every hub enforces.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "cmq.io",
+    version = "v1alpha1",
+    kind = "MqttCluster",
+    namespaced,
+    shortname = "mqc"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct MqttClusterSpec {
+    /// Settings of the hub, the device-facing MQTT gateway.
+    #[serde(default)]
+    pub hub: HubSpec,
+}
+
+/// Settings of the hub.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HubSpec {
+    /// Network listeners devices connect to.
+    #[serde(default)]
+    pub listeners: ListenersSpec,
+    /// Limits each hub enforces per connection and per hub.
+    #[serde(default)]
+    pub limits: LimitsSpec,
+}
+
+/// Network listeners. An omitted listener keeps its default; `enabled: false` turns it off.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenersSpec {
+    /// MQTT over plain TCP (default port 1883).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mqtt: Option<ListenerSpec>,
+    /// MQTT over WebSocket, path `/mqtt`, subprotocol `mqtt` (default port 8083).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub websocket: Option<ListenerSpec>,
+}
+
+/// One listener.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerSpec {
+    /// Whether the listener runs.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// TCP port to listen on.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: u16,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Limits. Every field is optional; an omitted one keeps the hub's built-in default.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LimitsSpec {
+    /// Most concurrent connections per hub; further CONNECTs get CONNACK 0x97 (MQTT 5) or
+    /// 0x03 (3.1.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_connections: Option<u32>,
+    /// Largest MQTT packet accepted, in bytes; a larger one gets DISCONNECT 0x95.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 64, max = 268435455))]
+    pub max_packet_size: Option<u32>,
+    /// Receive maximum: QoS 1/2 publishes a client may have unacknowledged towards the hub,
+    /// and the most the hub keeps in flight towards a client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub receive_maximum: Option<u16>,
+    /// Messages queued per session (online or offline) before QoS 0 and then newer messages
+    /// are dropped and counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_queued_messages: Option<u32>,
+    /// Longest topic name or filter, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub max_topic_length: Option<u32>,
+    /// Most levels (`/`-separated parts) in a topic name or filter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_topic_levels: Option<u32>,
+    /// Most subscriptions one session may hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_subscriptions: Option<u32>,
+    /// How long a new socket may take to send CONNECT, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub connect_timeout_ms: Option<u64>,
+    /// Keep-alive the hub imposes on clients (MQTT 5 server keep-alive), in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_keep_alive: Option<u16>,
+    /// Topic aliases a client may use towards the hub.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic_alias_maximum: Option<u16>,
+    /// Longest session expiry interval the hub grants, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_session_expiry: Option<u32>,
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_listener_and_limits_from_yaml() {
+        let yaml = r#"
+apiVersion: cmq.io/v1alpha1
+kind: MqttCluster
+metadata: { name: demo, namespace: iot }
+spec:
+  hub:
+    listeners:
+      mqtt: { port: 1884 }
+      websocket: { enabled: false, port: 8084 }
+    limits: { maxConnections: 10, maxPacketSize: 4096 }
+"#;
+        let c: MqttCluster = serde_yaml::from_str(yaml).unwrap();
+        let hub = &c.spec.hub;
+        assert_eq!(
+            hub.listeners.mqtt.as_ref().map(|l| (l.enabled, l.port)),
+            Some((true, 1884))
+        );
+        assert_eq!(
+            hub.listeners.websocket.as_ref().map(|l| l.enabled),
+            Some(false)
+        );
+        assert_eq!(hub.limits.max_connections, Some(10));
+        assert_eq!(hub.limits.max_packet_size, Some(4096));
+        assert_eq!(hub.limits.receive_maximum, None);
+    }
+
+    #[test]
+    fn unknown_kind_fields_fail_clearly() {
+        let yaml = "spec: { hub: { limits: { maxConnections: -1 } } }";
+        let err = serde_yaml::from_str::<MqttCluster>(yaml).unwrap_err();
+        assert!(err.to_string().contains("maxConnections") || err.location().is_some());
+    }
+}

@@ -1,0 +1,329 @@
+//! A session's life: claimed by a connection (taking it over from another if needed),
+//! released when the connection ends, ended on clean start or expiry, and its will.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::OwnedMutexGuard;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::Broker;
+use super::session::{Session, SessionState};
+use super::will::Will;
+use crate::state::SessionRecord;
+
+/// How long a takeover waits for the previous connection to let go of the session.
+const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A session owned by a connection.
+pub struct Claim {
+    pub session: Arc<Session>,
+    pub state: OwnedMutexGuard<SessionState>,
+    /// MQTT "session present".
+    pub present: bool,
+    /// Identifies this ownership; a later claim bumps it.
+    pub generation: u64,
+    /// Cancelled when another connection takes the session over.
+    pub kicked: CancellationToken,
+}
+
+/// Why a session could not be claimed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimError {
+    #[error("the previous connection of client {0} did not release its session in time")]
+    TakeoverTimeout(String),
+}
+
+impl Broker {
+    /// Claims the session of `client_id` for a new connection: creates it, resumes it, or
+    /// takes it over from the connection that holds it (which is told to leave).
+    pub async fn claim_session(
+        self: &Arc<Self>,
+        client_id: &str,
+        clean_start: bool,
+    ) -> Result<Claim, ClaimError> {
+        loop {
+            let (session, created) = self.lookup_or_create(client_id);
+            let kicked = CancellationToken::new();
+            let (generation, old_kick) = {
+                let mut control = session.control.lock();
+                if control.ended {
+                    drop(control);
+                    self.forget(&session);
+                    continue;
+                }
+                control.generation += 1;
+                control.connected = true;
+                (control.generation, control.kick.replace(kicked.clone()))
+            };
+            session.set_online(true);
+            if let Some(old) = old_kick {
+                debug!(
+                    client_id,
+                    "taking over the session from its current connection"
+                );
+                old.cancel();
+            }
+            let lock = tokio::time::timeout(TAKEOVER_TIMEOUT, session.state.clone().lock_owned());
+            let Ok(mut state) = lock.await else {
+                return Err(ClaimError::TakeoverTimeout(client_id.to_owned()));
+            };
+            // Timers and a delayed will are taken only now, once the previous connection has
+            // let go: it may have scheduled them on its way out.
+            let pending_will = {
+                let mut control = session.control.lock();
+                if control.generation != generation {
+                    // Yet another connection claimed it while we waited: it wins.
+                    continue;
+                }
+                if control.ended {
+                    drop(control);
+                    drop(state);
+                    self.forget(&session);
+                    continue;
+                }
+                if let Some(timers) = control.timers.take() {
+                    timers.cancel();
+                }
+                control.pending_will.take()
+            };
+            let mut present = state.established && !clean_start;
+            if clean_start && state.established {
+                self.reset_session(&session, &mut state);
+                if let Some(will) = pending_will {
+                    // The session ends here, so a will still waiting for its delay goes now.
+                    self.publish_will(will).await;
+                }
+            }
+            if created && !clean_start {
+                present |= self.restore_session(&session, &mut state, client_id).await;
+            }
+            return Ok(Claim {
+                session,
+                state,
+                present,
+                generation,
+                kicked,
+            });
+        }
+    }
+
+    /// Called when a connection ends. `will` is the will to publish (None after a clean
+    /// DISCONNECT); `expiry` the session expiry interval in force at the end.
+    pub async fn release_session(self: &Arc<Self>, mut claim: Claim, will: Option<Will>) {
+        let session = claim.session.clone();
+        let expiry = claim.state.expiry_interval;
+        claim.state.established = true;
+        let still_owner = {
+            let mut control = session.control.lock();
+            let owner = control.generation == claim.generation;
+            if owner {
+                control.connected = false;
+                control.kick = None;
+            }
+            owner
+        };
+        if !still_owner {
+            // Taken over: the new connection owns the session; only the will is ours.
+            self.schedule_will(&session, will, expiry).await;
+            return;
+        }
+        session.set_online(false);
+        if expiry == 0 {
+            self.end_session(&session, &mut claim.state);
+            drop(claim);
+            if let Some(will) = will {
+                self.publish_will(will).await;
+            }
+            return;
+        }
+        let record = SessionRecord {
+            client_id: session.client_id.to_string(),
+            subscriptions: claim
+                .state
+                .subscriptions
+                .iter()
+                .map(|(f, o)| (f.clone(), *o))
+                .collect(),
+            expiry_interval: expiry,
+        };
+        drop(claim);
+        if let Err(e) = self.state.sessions.save(record).await {
+            warn!(client_id = %session.client_id, error = %e, "could not save the session record");
+        }
+        self.schedule_will(&session, will, expiry).await;
+        self.schedule_expiry(&session, expiry);
+    }
+
+    /// Publishes a will at once or keeps it for its delay.
+    async fn schedule_will(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        will: Option<Will>,
+        expiry: u32,
+    ) {
+        let Some(will) = will else { return };
+        if will.delay == 0 || expiry == 0 {
+            self.publish_will(will).await;
+            return;
+        }
+        // Delayed: a reconnect before the delay cancels it (`claim_session` takes it).
+        let delay = Duration::from_secs(u64::from(will.delay.min(expiry)));
+        let token = {
+            let mut control = session.control.lock();
+            control.pending_will = Some(will);
+            control
+                .timers
+                .get_or_insert_with(CancellationToken::new)
+                .clone()
+        };
+        let broker = self.clone();
+        let session = session.clone();
+        let shutdown = self.shutdown.clone();
+        self.timers.spawn(async move {
+            tokio::select! {
+                _ = token.cancelled() => {}
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep(delay) => {
+                    let will = session.control.lock().pending_will.take();
+                    if let Some(will) = will {
+                        broker.publish_will(will).await;
+                    }
+                }
+            }
+        });
+    }
+
+    /// Ends the session when its expiry interval passes without a reconnect.
+    fn schedule_expiry(self: &Arc<Self>, session: &Arc<Session>, expiry: u32) {
+        if expiry == u32::MAX {
+            return;
+        }
+        let (token, generation) = {
+            let mut control = session.control.lock();
+            (
+                control
+                    .timers
+                    .get_or_insert_with(CancellationToken::new)
+                    .clone(),
+                control.generation,
+            )
+        };
+        let broker = self.clone();
+        let session = session.clone();
+        let shutdown = self.shutdown.clone();
+        self.timers.spawn(async move {
+            tokio::select! {
+                _ = token.cancelled() => {}
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep(Duration::from_secs(u64::from(expiry))) => {
+                    broker.expire(&session, generation).await;
+                }
+            }
+        });
+    }
+
+    async fn expire(self: &Arc<Self>, session: &Arc<Session>, generation: u64) {
+        let will = {
+            let mut control = session.control.lock();
+            if control.generation != generation || control.connected || control.ended {
+                return;
+            }
+            control.ended = true;
+            control.pending_will.take()
+        };
+        let Ok(mut state) = session.state.clone().try_lock_owned() else {
+            // A connection holds it after all; it will find `ended` and start anew.
+            return;
+        };
+        info!(client_id = %session.client_id, "session expired");
+        self.end_session(session, &mut state);
+        drop(state);
+        if let Err(e) = self.state.sessions.remove(&session.client_id).await {
+            warn!(client_id = %session.client_id, error = %e, "could not remove the session record");
+        }
+        if let Some(will) = will {
+            self.publish_will(will).await;
+        }
+    }
+
+    /// Publishes a will message.
+    pub async fn publish_will(&self, will: Will) {
+        self.metrics.wills_published.inc();
+        let topic = will.topic.clone();
+        if let Err(e) = self.publish(will.into_message()).await {
+            warn!(topic = %topic, error = %e, "could not publish a will message");
+        }
+    }
+
+    fn lookup_or_create(&self, client_id: &str) -> (Arc<Session>, bool) {
+        let mut registry = self.registry.lock();
+        if let Some(s) = registry.get(client_id) {
+            return (s.clone(), false);
+        }
+        let id: Arc<str> = Arc::from(client_id);
+        let session = Arc::new(Session::new(
+            self.new_session_id(),
+            id.clone(),
+            self.limits.max_queued_messages,
+        ));
+        registry.insert(id, session.clone());
+        self.metrics.sessions.inc();
+        (session, true)
+    }
+
+    /// Removes an ended session from the registry (if it is still the registered one).
+    fn forget(&self, session: &Arc<Session>) {
+        let mut registry = self.registry.lock();
+        if registry
+            .get(&*session.client_id)
+            .is_some_and(|s| Arc::ptr_eq(s, session))
+        {
+            registry.remove(&*session.client_id);
+            self.metrics.sessions.dec();
+        }
+    }
+
+    /// Drops a session's subscriptions, queue and in-flight state (clean start).
+    fn reset_session(&self, session: &Arc<Session>, state: &mut SessionState) {
+        for filter in state.subscriptions.keys() {
+            self.unsubscribe(session, filter);
+        }
+        session.clear_queue();
+        *state = SessionState::default();
+    }
+
+    /// Ends a session for good.
+    fn end_session(&self, session: &Arc<Session>, state: &mut SessionState) {
+        self.reset_session(session, state);
+        session.control.lock().ended = true;
+        self.forget(session);
+    }
+
+    /// Restores subscriptions from the session store for a session this hub did not hold.
+    async fn restore_session(
+        &self,
+        session: &Arc<Session>,
+        state: &mut SessionState,
+        client_id: &str,
+    ) -> bool {
+        match self.state.sessions.load(client_id).await {
+            Ok(Some(record)) => {
+                for (filter, options) in record.subscriptions {
+                    if self.subscribe(session, &filter, options).is_ok() {
+                        state.subscriptions.insert(filter, options);
+                    }
+                }
+                state.expiry_interval = record.expiry_interval;
+                state.established = true;
+                true
+            }
+            Ok(None) => false,
+            Err(e) => {
+                warn!(client_id, error = %e, "could not load the session record");
+                false
+            }
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! The hub's broker core: the session registry, the subscription index and routing, shared
+//! by every connection task of the hub.
+
+mod lifecycle;
+pub mod message;
+pub mod session;
+mod subscriptions;
+mod will;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use parking_lot::{Mutex, RwLock};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Limits;
+use crate::metrics::Metrics;
+use crate::state::{State, StateError};
+
+pub use lifecycle::{Claim, ClaimError};
+pub use message::{Delivery, Message, SessionId, SubOptions};
+pub use session::{Inflight, Session, SessionState, Stage};
+pub use subscriptions::SubscribeError;
+pub use will::Will;
+
+use subscriptions::Subscriptions;
+
+/// Shared core of one hub.
+pub struct Broker {
+    pub limits: Limits,
+    pub state: State,
+    pub metrics: Arc<Metrics>,
+    registry: Mutex<HashMap<Arc<str>, Arc<Session>>>,
+    subscriptions: RwLock<Subscriptions>,
+    next_session: AtomicU64,
+    connections: AtomicUsize,
+    /// Cancels session timers at shutdown.
+    shutdown: CancellationToken,
+    /// Timer tasks (will delay, session expiry).
+    timers: TaskTracker,
+}
+
+impl Broker {
+    /// A broker with no sessions.
+    pub fn new(limits: Limits, state: State, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Self {
+            limits,
+            state,
+            metrics,
+            registry: Mutex::new(HashMap::new()),
+            subscriptions: RwLock::new(Subscriptions::default()),
+            next_session: AtomicU64::new(1),
+            connections: AtomicUsize::new(0),
+            shutdown: CancellationToken::new(),
+            timers: TaskTracker::new(),
+        })
+    }
+
+    /// Takes a connection slot, or `None` when the hub is at its connection limit.
+    pub fn acquire_connection(&self) -> Option<ConnectionSlot<'_>> {
+        let max = self.limits.max_connections;
+        let prev = self.connections.fetch_add(1, Ordering::AcqRel);
+        if prev >= max {
+            self.connections.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        self.metrics.connections.inc();
+        Some(ConnectionSlot { broker: self })
+    }
+
+    /// Connections currently counted against the limit.
+    pub fn connection_count(&self) -> usize {
+        self.connections.load(Ordering::Acquire)
+    }
+
+    /// Publishes a message from a client or a will: stores it when retained, delivers it to
+    /// this hub's subscribers and hands it to the other hubs. Returns how many sessions it
+    /// was delivered to here.
+    pub async fn publish(&self, message: Arc<Message>) -> Result<usize, StateError> {
+        if message.retain {
+            let stored = (!message.payload.is_empty()).then(|| message.clone());
+            self.state.retained.set(&message.topic, stored).await?;
+            self.metrics
+                .retained
+                .set(self.state.retained.count() as i64);
+        }
+        let delivered = self.route(&message);
+        if self.state.bus.is_remote() {
+            self.state.bus.publish(message).await?;
+        }
+        Ok(delivered)
+    }
+
+    /// Stops session timers; called once every connection has ended.
+    pub async fn shutdown(&self) {
+        self.shutdown.cancel();
+        self.timers.close();
+        self.timers.wait().await;
+    }
+
+    fn new_session_id(&self) -> SessionId {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// A connection counted against the hub's limit; released on drop.
+pub struct ConnectionSlot<'a> {
+    broker: &'a Broker,
+}
+
+impl Drop for ConnectionSlot<'_> {
+    fn drop(&mut self) {
+        self.broker.connections.fetch_sub(1, Ordering::AcqRel);
+        self.broker.metrics.connections.dec();
+    }
+}

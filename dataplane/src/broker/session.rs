@@ -1,0 +1,269 @@
+//! A session: what outlives a connection (subscriptions, queued and in-flight messages) and
+//! the handles a connection uses to own it.
+//!
+//! Ownership: the live connection holds `state` (a tokio mutex) for as long as it runs, so a
+//! takeover is "kick the old connection, then wait for the lock". The mailbox is separate so
+//! publishers never wait for a connection: they push under a short lock and wake it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use mqttbytes::QoS;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::message::{Delivery, SessionId, SubOptions};
+
+/// Result of queueing a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queued {
+    /// Queued.
+    Yes,
+    /// Queued, but an older QoS 0 delivery was dropped to make room.
+    EvictedQos0,
+    /// The queue was full: this delivery was dropped.
+    Dropped,
+}
+
+/// A session shared between the registry, the subscription index and its connection.
+#[derive(Debug)]
+pub struct Session {
+    pub id: SessionId,
+    pub client_id: Arc<str>,
+    mailbox: Mutex<VecDeque<Delivery>>,
+    max_queued: usize,
+    /// Woken when the mailbox goes from empty to non-empty, and on control changes.
+    pub notify: Notify,
+    /// State owned by the live connection (or parked between connections).
+    pub state: Arc<tokio::sync::Mutex<SessionState>>,
+    pub control: Mutex<Control>,
+    /// Whether a connection is attached (lock-free copy of `Control::connected` for routing).
+    online: AtomicBool,
+}
+
+/// Who currently owns the session, and its pending timers.
+#[derive(Debug, Default)]
+pub struct Control {
+    /// Bumped every time a connection claims the session.
+    pub generation: u64,
+    /// Whether a connection is attached.
+    pub connected: bool,
+    /// Cancelled to make the attached connection leave (takeover, kick).
+    pub kick: Option<CancellationToken>,
+    /// Cancels the pending will-delay and session-expiry timers of a disconnected session.
+    pub timers: Option<CancellationToken>,
+    /// Set once the session has ended; a connection that finds it so must start anew.
+    pub ended: bool,
+    /// The will of the last connection, waiting for its delay (or the session end).
+    pub pending_will: Option<super::will::Will>,
+}
+
+/// Everything about a session that survives a reconnect.
+#[derive(Debug, Default)]
+pub struct SessionState {
+    /// Subscriptions by their full filter text (`$share/...` included).
+    pub subscriptions: HashMap<String, SubOptions>,
+    /// Outgoing QoS 1/2 messages awaiting acknowledgement, in the order they were sent.
+    pub outgoing: VecDeque<Inflight>,
+    /// Packet ids of incoming QoS 2 messages awaiting PUBREL.
+    pub incoming_qos2: Vec<u16>,
+    /// Next packet id to use when nothing is in flight.
+    pub next_pkid: u16,
+    /// Session expiry interval in seconds (u32::MAX = never).
+    pub expiry_interval: u32,
+    /// Whether a connection has ever completed with this state (for "session present").
+    pub established: bool,
+}
+
+/// One outgoing QoS 1/2 message in flight.
+#[derive(Debug, Clone)]
+pub struct Inflight {
+    pub pkid: u16,
+    pub stage: Stage,
+}
+
+/// Where an outgoing in-flight message stands.
+#[derive(Debug, Clone)]
+pub enum Stage {
+    /// PUBLISH sent, waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
+    Published(Delivery),
+    /// PUBREL sent, waiting for PUBCOMP.
+    Released,
+}
+
+impl SessionState {
+    /// Allocates the packet id for the next outgoing message, or `None` when all 65 535 are
+    /// in flight. Ids are handed out in increasing (cyclic) order and acknowledgements only
+    /// remove entries, so the ids in flight stay a cyclic increasing run from the front to
+    /// the back; the successor of the back is free unless it is the front.
+    pub fn next_packet_id(&mut self) -> Option<u16> {
+        let candidate = match self.outgoing.back() {
+            Some(back) => next_id(back.pkid),
+            None => next_id(self.next_pkid),
+        };
+        if self.outgoing.front().is_some_and(|f| f.pkid == candidate) {
+            return None;
+        }
+        self.next_pkid = candidate;
+        Some(candidate)
+    }
+
+    /// Removes and returns the in-flight entry with `pkid`.
+    pub fn take_inflight(&mut self, pkid: u16) -> Option<Inflight> {
+        // Acknowledgements mostly arrive in order, so the front is the usual hit.
+        let pos = self.outgoing.iter().position(|i| i.pkid == pkid)?;
+        self.outgoing.remove(pos)
+    }
+
+    /// Marks an outgoing QoS 2 message as released (PUBREC received).
+    pub fn release(&mut self, pkid: u16) -> bool {
+        match self.outgoing.iter_mut().find(|i| i.pkid == pkid) {
+            Some(entry) => {
+                entry.stage = Stage::Released;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Number of outgoing messages counted against the client's receive maximum.
+    pub fn inflight(&self) -> usize {
+        self.outgoing.len()
+    }
+}
+
+fn next_id(id: u16) -> u16 {
+    if id == u16::MAX { 1 } else { id + 1 }
+}
+
+impl Session {
+    /// A new, empty session.
+    pub fn new(id: SessionId, client_id: Arc<str>, max_queued: usize) -> Self {
+        Self {
+            id,
+            client_id,
+            mailbox: Mutex::new(VecDeque::new()),
+            max_queued,
+            notify: Notify::new(),
+            state: Arc::new(tokio::sync::Mutex::new(SessionState::default())),
+            control: Mutex::new(Control::default()),
+            online: AtomicBool::new(false),
+        }
+    }
+
+    /// Queues a delivery, applying the queue limit: when full, QoS 0 is dropped first (an
+    /// incoming QoS 0, or else the oldest queued QoS 0), and only then a QoS 1/2 delivery.
+    pub fn push(&self, delivery: Delivery) -> Queued {
+        let mut queue = self.mailbox.lock();
+        let mut outcome = Queued::Yes;
+        if queue.len() >= self.max_queued {
+            if delivery.qos == QoS::AtMostOnce {
+                return Queued::Dropped;
+            }
+            match queue.iter().position(|d| d.qos == QoS::AtMostOnce) {
+                Some(pos) => {
+                    queue.remove(pos);
+                    outcome = Queued::EvictedQos0;
+                }
+                None => return Queued::Dropped,
+            }
+        }
+        let was_empty = queue.is_empty();
+        queue.push_back(delivery);
+        drop(queue);
+        if was_empty {
+            self.notify.notify_one();
+        }
+        outcome
+    }
+
+    /// Moves up to `max` queued deliveries into `out`, stopping early when the next one
+    /// needs an in-flight slot and `slots` is exhausted. Returns whether more are queued.
+    pub fn take_batch(&self, out: &mut Vec<Delivery>, max: usize, mut slots: usize) -> bool {
+        let mut queue = self.mailbox.lock();
+        while out.len() < max {
+            match queue.front() {
+                Some(d) if d.qos != QoS::AtMostOnce && slots == 0 => break,
+                Some(_) => {}
+                None => break,
+            }
+            let Some(d) = queue.pop_front() else { break };
+            if d.qos != QoS::AtMostOnce {
+                slots -= 1;
+            }
+            out.push(d);
+        }
+        !queue.is_empty()
+    }
+
+    /// Returns deliveries to the front of the queue (in their order), e.g. when a
+    /// connection ends before sending them.
+    pub fn requeue_front(&self, deliveries: Vec<Delivery>) {
+        let mut queue = self.mailbox.lock();
+        for d in deliveries.into_iter().rev() {
+            queue.push_front(d);
+        }
+    }
+
+    /// Whether a connection is attached.
+    pub fn is_online(&self) -> bool {
+        self.online.load(Ordering::Relaxed)
+    }
+
+    /// Records whether a connection is attached.
+    pub fn set_online(&self, online: bool) {
+        self.online.store(online, Ordering::Relaxed);
+    }
+
+    /// Number of queued deliveries.
+    pub fn queued(&self) -> usize {
+        self.mailbox.lock().len()
+    }
+
+    /// Drops every queued delivery.
+    pub fn clear_queue(&self) {
+        self.mailbox.lock().clear();
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packet_ids_skip_zero_and_ids_in_flight() {
+        let mut s = SessionState {
+            next_pkid: u16::MAX - 1,
+            ..Default::default()
+        };
+        let a = s.next_packet_id().unwrap();
+        s.outgoing.push_back(Inflight {
+            pkid: a,
+            stage: Stage::Released,
+        });
+        let b = s.next_packet_id().unwrap();
+        assert_eq!((a, b), (u16::MAX, 1));
+        s.outgoing.push_back(Inflight {
+            pkid: b,
+            stage: Stage::Released,
+        });
+        // Fill every id: the last allocation must fail instead of reusing the front.
+        loop {
+            match s.next_packet_id() {
+                Some(id) => s.outgoing.push_back(Inflight {
+                    pkid: id,
+                    stage: Stage::Released,
+                }),
+                None => break,
+            }
+        }
+        assert_eq!(s.outgoing.len(), u16::MAX as usize);
+        assert!(s.take_inflight(5).is_some());
+        assert_eq!(s.next_packet_id(), None, "5 is free but not next in order");
+        s.take_inflight(u16::MAX).unwrap();
+        assert_eq!(s.next_packet_id(), Some(u16::MAX));
+    }
+}

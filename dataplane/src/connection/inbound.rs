@@ -1,0 +1,350 @@
+//! Packets from the client: PUBLISH and its QoS flows, acknowledgements of what the hub
+//! sent, SUBSCRIBE/UNSUBSCRIBE, PINGREQ and DISCONNECT.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use mqttbytes::QoS;
+use mqttbytes::v5::{
+    DisconnectReasonCode as Dr, Packet, PubAck, PubAckReason, PubComp, PubCompReason, PubRec,
+    PubRecReason, PubRel, PubRelReason, Publish, RetainForwardRule, SubAck, Subscribe,
+    SubscribeReasonCode, UnsubAck, UnsubAckReason, Unsubscribe,
+};
+use tracing::debug;
+
+use super::{Connection, Exit};
+use crate::broker::{Message, SubOptions, SubscribeError};
+use crate::codec;
+
+impl Connection {
+    pub(super) async fn handle(&mut self, packet: Packet) -> Result<(), Exit> {
+        match packet {
+            Packet::Publish(p) => self.on_publish(p).await,
+            Packet::PubAck(a) => {
+                self.claim.state.take_inflight(a.pkid);
+                Ok(())
+            }
+            Packet::PubRec(a) => {
+                let found = self.claim.state.release(a.pkid);
+                if (a.reason as u8) >= 0x80 {
+                    // The client refused the message: the flow ends here.
+                    self.claim.state.take_inflight(a.pkid);
+                    return Ok(());
+                }
+                let mut rel = PubRel::new(a.pkid);
+                if !found {
+                    rel.reason = PubRelReason::PacketIdentifierNotFound;
+                }
+                self.send(Packet::PubRel(rel));
+                Ok(())
+            }
+            Packet::PubComp(a) => {
+                self.claim.state.take_inflight(a.pkid);
+                Ok(())
+            }
+            Packet::PubRel(r) => {
+                let pending = &mut self.claim.state.incoming_qos2;
+                let mut comp = PubComp::new(r.pkid);
+                match pending.iter().position(|id| *id == r.pkid) {
+                    Some(pos) => {
+                        pending.swap_remove(pos);
+                    }
+                    None => comp.reason = PubCompReason::PacketIdentifierNotFound,
+                }
+                self.send(Packet::PubComp(comp));
+                Ok(())
+            }
+            Packet::Subscribe(s) => self.on_subscribe(s).await,
+            Packet::Unsubscribe(u) => {
+                self.on_unsubscribe(u);
+                Ok(())
+            }
+            Packet::PingReq => {
+                self.send(Packet::PingResp);
+                Ok(())
+            }
+            Packet::Disconnect(d) => self.on_disconnect(d),
+            other => Err(Exit::violation(
+                Dr::ProtocolError,
+                format!("unexpected packet from a client: {other:?}"),
+            )),
+        }
+    }
+
+    /// Appends a control packet to the write buffer.
+    pub(super) fn send(&mut self, packet: Packet) {
+        // Control packets are small and well-formed; encoding them cannot fail.
+        let _ = codec::encode_packet(&packet, self.version, &mut self.write_buf);
+    }
+
+    async fn on_publish(&mut self, p: Publish) -> Result<(), Exit> {
+        let metrics = &self.broker.metrics;
+        metrics.received[p.qos as usize].inc();
+        let topic = self.resolve_topic(&p)?;
+        if let Err(e) = cmq_topic::validate_name(&topic, &self.broker.limits.topic) {
+            let wildcard = matches!(
+                e,
+                cmq_topic::TopicError::WildcardInName | cmq_topic::TopicError::NulChar
+            );
+            if wildcard || !self.version.is_v5() || p.qos == QoS::AtMostOnce {
+                return Err(Exit::violation(
+                    Dr::TopicNameInvalid,
+                    format!("{e}: {topic:?}"),
+                ));
+            }
+            self.nack(&p, 0x90);
+            return Ok(());
+        }
+        let props = p.properties;
+        if props.as_ref().and_then(|pp| pp.payload_format_indicator) == Some(1)
+            && std::str::from_utf8(&p.payload).is_err()
+        {
+            debug!("payload format indicator 1 with a payload that is not UTF-8");
+            if p.qos == QoS::AtMostOnce {
+                return Err(Exit::violation(
+                    Dr::PayloadFormatInvalid,
+                    "payload is not UTF-8",
+                ));
+            }
+            self.nack_with(p.qos, p.pkid, 0x99);
+            return Ok(());
+        }
+        if p.qos == QoS::ExactlyOnce {
+            if self.claim.state.incoming_qos2.contains(&p.pkid) {
+                // A resend of a message already accepted: acknowledge, don't publish twice.
+                self.send(Packet::PubRec(PubRec::new(p.pkid)));
+                return Ok(());
+            }
+            if self.claim.state.incoming_qos2.len()
+                >= usize::from(self.broker.limits.receive_maximum)
+            {
+                return Err(Exit::violation(
+                    Dr::ReceiveMaximumExceeded,
+                    "too many QoS 2 in flight",
+                ));
+            }
+        }
+        let now = Instant::now();
+        let expires_at = Message::expiry_from(
+            props.as_ref().and_then(|pp| pp.message_expiry_interval),
+            now,
+        );
+        let properties = props.and_then(|mut pp| {
+            pp.topic_alias = None;
+            pp.message_expiry_interval = None;
+            pp.subscription_identifiers.clear();
+            let empty = pp.payload_format_indicator.is_none()
+                && pp.content_type.is_none()
+                && pp.response_topic.is_none()
+                && pp.correlation_data.is_none()
+                && pp.user_properties.is_empty();
+            (!empty).then(|| Box::new(pp))
+        });
+        let message = Arc::new(Message {
+            topic,
+            payload: p.payload,
+            qos: p.qos,
+            retain: p.retain,
+            properties,
+            expires_at,
+            origin: Some(self.claim.session.id),
+        });
+        let result = self.broker.publish(message).await;
+        if let Err(e) = &result {
+            debug!(error = %e, "publish not accepted");
+        }
+        match (p.qos, result) {
+            (QoS::AtMostOnce, _) => {}
+            (QoS::AtLeastOnce, Ok(_)) => self.send(Packet::PubAck(PubAck::new(p.pkid))),
+            (QoS::ExactlyOnce, Ok(_)) => {
+                self.claim.state.incoming_qos2.push(p.pkid);
+                self.send(Packet::PubRec(PubRec::new(p.pkid)));
+            }
+            (qos, Err(_)) => self.nack_with(qos, p.pkid, 0x80),
+        }
+        Ok(())
+    }
+
+    /// The publish's topic, resolving MQTT 5 topic aliases.
+    fn resolve_topic(&mut self, p: &Publish) -> Result<Arc<str>, Exit> {
+        let alias = p.properties.as_ref().and_then(|pp| pp.topic_alias);
+        let Some(alias) = alias else {
+            if p.topic.is_empty() {
+                return Err(Exit::violation(
+                    Dr::ProtocolError,
+                    "empty topic without an alias",
+                ));
+            }
+            return Ok(Arc::from(p.topic.as_str()));
+        };
+        if alias == 0 || alias > self.broker.limits.topic_alias_maximum {
+            return Err(Exit::violation(
+                Dr::TopicAliasInvalid,
+                format!("topic alias {alias}"),
+            ));
+        }
+        if p.topic.is_empty() {
+            return self.inbound_aliases.get(&alias).cloned().ok_or_else(|| {
+                Exit::violation(Dr::ProtocolError, format!("unknown topic alias {alias}"))
+            });
+        }
+        let topic: Arc<str> = Arc::from(p.topic.as_str());
+        self.inbound_aliases.insert(alias, topic.clone());
+        Ok(topic)
+    }
+
+    fn nack(&mut self, p: &Publish, code: u8) {
+        self.nack_with(p.qos, p.pkid, code);
+    }
+
+    /// Refuses a QoS 1/2 publish with an MQTT 5 reason code (3.1.1 has none: it is
+    /// acknowledged so the client does not resend it forever, and counted as dropped).
+    fn nack_with(&mut self, qos: QoS, pkid: u16, code: u8) {
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => {
+                let mut ack = PubAck::new(pkid);
+                ack.reason = puback_reason(code);
+                self.send(Packet::PubAck(ack));
+            }
+            QoS::ExactlyOnce => {
+                let mut rec = PubRec::new(pkid);
+                rec.reason = pubrec_reason(code);
+                self.send(Packet::PubRec(rec));
+            }
+        }
+    }
+
+    async fn on_subscribe(&mut self, s: Subscribe) -> Result<(), Exit> {
+        let sub_id = s.properties.as_ref().and_then(|p| p.id).unwrap_or(0);
+        if s.properties.as_ref().is_some_and(|p| p.id == Some(0)) {
+            return Err(Exit::violation(
+                Dr::ProtocolError,
+                "subscription identifier 0",
+            ));
+        }
+        let subscription_id = u32::try_from(sub_id).unwrap_or(0);
+        let mut codes = Vec::with_capacity(s.filters.len());
+        let mut retained = Vec::new();
+        for f in s.filters {
+            let options = SubOptions {
+                qos: f.qos,
+                no_local: f.nolocal,
+                retain_as_published: f.preserve_retain,
+                retain_handling: match f.retain_forward_rule {
+                    RetainForwardRule::OnEverySubscribe => 0,
+                    RetainForwardRule::OnNewSubscribe => 1,
+                    RetainForwardRule::Never => 2,
+                },
+                subscription_id,
+            };
+            let state = &mut self.claim.state;
+            let is_new = !state.subscriptions.contains_key(&f.path);
+            if is_new && state.subscriptions.len() >= self.broker.limits.max_subscriptions {
+                codes.push(SubscribeReasonCode::QuotaExceeded);
+                continue;
+            }
+            match self.broker.subscribe(&self.claim.session, &f.path, options) {
+                Ok(existed) => {
+                    state.subscriptions.insert(f.path.clone(), options);
+                    codes.push(granted(f.qos));
+                    let shared = f.path.starts_with("$share/");
+                    let send = match options.retain_handling {
+                        0 => true,
+                        1 => !existed,
+                        _ => false,
+                    };
+                    if send && !shared {
+                        retained.push((f.path, options));
+                    }
+                }
+                Err(SubscribeError::InvalidFilter(e)) => {
+                    debug!(filter = %f.path, error = %e, "subscription refused");
+                    codes.push(SubscribeReasonCode::TopicFilterInvalid);
+                }
+                Err(SubscribeError::NoLocalOnShared) => {
+                    return Err(Exit::violation(
+                        Dr::ProtocolError,
+                        "no-local on a shared subscription",
+                    ));
+                }
+            }
+        }
+        self.send(Packet::SubAck(SubAck::new(s.pkid, codes)));
+        for (filter, options) in retained {
+            match self.broker.retained_for(&filter, options).await {
+                Ok(deliveries) => {
+                    for d in deliveries {
+                        self.claim.session.push(d);
+                    }
+                }
+                Err(e) => debug!(error = %e, "could not read retained messages"),
+            }
+        }
+        Ok(())
+    }
+
+    fn on_unsubscribe(&mut self, u: Unsubscribe) {
+        let mut reasons = Vec::with_capacity(u.filters.len());
+        for filter in &u.filters {
+            let had = self.claim.state.subscriptions.remove(filter).is_some();
+            if had {
+                self.broker.unsubscribe(&self.claim.session, filter);
+            }
+            reasons.push(if had {
+                UnsubAckReason::Success
+            } else {
+                UnsubAckReason::NoSubscriptionExisted
+            });
+        }
+        let mut ack = UnsubAck::new(u.pkid);
+        ack.reasons = reasons;
+        self.send(Packet::UnsubAck(ack));
+    }
+
+    fn on_disconnect(&mut self, d: mqttbytes::v5::Disconnect) -> Result<(), Exit> {
+        let requested = d
+            .properties
+            .as_ref()
+            .and_then(|p| p.session_expiry_interval);
+        if let Some(expiry) = requested {
+            if self.claim.state.expiry_interval == 0 && expiry != 0 {
+                return Err(Exit::violation(
+                    Dr::ProtocolError,
+                    "session expiry set on DISCONNECT after CONNECT had 0",
+                ));
+            }
+            self.claim.state.expiry_interval = expiry.min(self.broker.limits.max_session_expiry);
+        }
+        let will = d.reason_code == Dr::DisconnectWithWillMessage;
+        Err(Exit::ClientDisconnect { will })
+    }
+}
+
+fn granted(qos: QoS) -> SubscribeReasonCode {
+    match qos {
+        QoS::AtMostOnce => SubscribeReasonCode::QoS0,
+        QoS::AtLeastOnce => SubscribeReasonCode::QoS1,
+        QoS::ExactlyOnce => SubscribeReasonCode::QoS2,
+    }
+}
+
+fn puback_reason(code: u8) -> PubAckReason {
+    match code {
+        0x90 => PubAckReason::TopicNameInvalid,
+        0x97 => PubAckReason::QuotaExceeded,
+        0x99 => PubAckReason::PayloadFormatInvalid,
+        0x87 => PubAckReason::NotAuthorized,
+        _ => PubAckReason::UnspecifiedError,
+    }
+}
+
+fn pubrec_reason(code: u8) -> PubRecReason {
+    match code {
+        0x90 => PubRecReason::TopicNameInvalid,
+        0x97 => PubRecReason::QuotaExceeded,
+        0x99 => PubRecReason::PayloadFormatInvalid,
+        0x87 => PubRecReason::NotAuthorized,
+        _ => PubRecReason::UnspecifiedError,
+    }
+}

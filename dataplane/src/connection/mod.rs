@@ -1,0 +1,350 @@
+//! One MQTT connection: handshake, then one `select!` over shutdown, takeover, inbound
+//! bytes, the session's mailbox and the keep-alive timer. Outgoing packets of one wake-up
+//! are batched into one buffer and written with one syscall.
+
+mod handshake;
+mod inbound;
+mod outbound;
+mod transport;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use mqttbytes::v5::{Disconnect, DisconnectReasonCode, Packet};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::broker::{Broker, Claim, Delivery, Will};
+use crate::codec::{self, DecodeError, ProtocolVersion};
+
+pub use handshake::{Refused, handshake};
+pub use transport::Transport;
+
+/// Flush the write buffer once it holds this much, even mid-batch.
+const FLUSH_AT: usize = 64 * 1024;
+
+/// Why a connection ended.
+#[derive(Debug)]
+pub enum Exit {
+    /// DISCONNECT from the client; `will` for reason 0x04.
+    ClientDisconnect { will: bool },
+    /// The socket closed or failed without DISCONNECT.
+    Closed,
+    /// Another connection took the session over.
+    TakenOver,
+    /// The hub is shutting down.
+    Shutdown,
+    /// Nothing arrived within 1.5 × keep-alive.
+    KeepAliveTimeout,
+    /// The client broke the protocol; the reason code says how.
+    Violation {
+        code: DisconnectReasonCode,
+        why: String,
+    },
+}
+
+impl Exit {
+    fn label(&self) -> &'static str {
+        match self {
+            Self::ClientDisconnect { .. } => "client_disconnect",
+            Self::Closed => "closed",
+            Self::TakenOver => "taken_over",
+            Self::Shutdown => "shutdown",
+            Self::KeepAliveTimeout => "keep_alive_timeout",
+            Self::Violation { .. } => "protocol_violation",
+        }
+    }
+
+    /// The DISCONNECT reason the server sends (MQTT 5 only), if any.
+    fn server_reason(&self) -> Option<DisconnectReasonCode> {
+        match self {
+            Self::TakenOver => Some(DisconnectReasonCode::SessionTakenOver),
+            Self::Shutdown => Some(DisconnectReasonCode::ServerShuttingDown),
+            Self::KeepAliveTimeout => Some(DisconnectReasonCode::KeepAliveTimeout),
+            Self::Violation { code, .. } => Some(*code),
+            Self::ClientDisconnect { .. } | Self::Closed => None,
+        }
+    }
+
+    fn violation(code: DisconnectReasonCode, why: impl Into<String>) -> Self {
+        Self::Violation {
+            code,
+            why: why.into(),
+        }
+    }
+
+    fn from_decode(e: &DecodeError) -> Self {
+        let code = match e {
+            DecodeError::TooLarge { .. } => DisconnectReasonCode::PacketTooLarge,
+            DecodeError::Malformed(_) => DisconnectReasonCode::MalformedPacket,
+            DecodeError::Protocol(_) => DisconnectReasonCode::ProtocolError,
+        };
+        Self::violation(code, e.to_string())
+    }
+}
+
+/// Serves one accepted socket until it closes.
+pub async fn serve(
+    broker: Arc<Broker>,
+    mut transport: Transport,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    let span = info_span!("connection", %peer, transport = transport.kind(), client_id = tracing::field::Empty, protocol = tracing::field::Empty);
+    async move {
+        let accepted = tokio::select! {
+            r = handshake(&broker, &mut transport) => r,
+            _ = shutdown.cancelled() => return,
+        };
+        let accepted = match accepted {
+            Ok(a) => a,
+            Err(refused) => return refuse(&broker, &mut transport, refused).await,
+        };
+        let span = tracing::Span::current();
+        span.record("client_id", &*accepted.client_id);
+        span.record("protocol", accepted.version.as_str());
+        broker.metrics.connack("success");
+        debug!(session_present = accepted.claim.present, "client connected");
+        let _slot = accepted.slot;
+        let mut conn = Connection {
+            broker: broker.clone(),
+            version: accepted.version,
+            claim: accepted.claim,
+            will: accepted.will,
+            keep_alive: accepted.keep_alive,
+            client_receive_maximum: accepted.client_receive_maximum,
+            client_max_packet_size: accepted.client_max_packet_size,
+            client_topic_alias_maximum: accepted.client_topic_alias_maximum,
+            inbound_aliases: HashMap::new(),
+            outbound_aliases: HashMap::new(),
+            read_buf: accepted.leftover,
+            write_buf: accepted.out,
+            batch: Vec::new(),
+            last_packet: Instant::now(),
+            delivered: [0; 3],
+            input_pending: false,
+        };
+        let exit = conn.run(&mut transport, &shutdown).await;
+        conn.finish(&mut transport, exit).await;
+    }
+    .instrument(span)
+    .await
+}
+
+async fn refuse(broker: &Broker, transport: &mut Transport, refused: Refused) {
+    match refused {
+        Refused::NoConnect(why) => {
+            debug!(why, "socket closed before a session started");
+            broker.metrics.disconnect("no_connect");
+        }
+        Refused::Invalid(e) => {
+            info!(error = %e, "invalid CONNECT, closing");
+            broker.metrics.malformed("invalid_connect");
+            broker.metrics.disconnect("protocol_violation");
+        }
+        Refused::Rejected { code, out } => {
+            info!(code = ?code, "connection refused");
+            broker.metrics.connack(connack_label(code));
+            let _ = tokio::time::timeout(handshake::CLOSE_FLUSH_TIMEOUT, transport.write_all(&out))
+                .await;
+        }
+    }
+    transport.close().await;
+}
+
+fn connack_label(code: mqttbytes::v5::ConnectReturnCode) -> &'static str {
+    use mqttbytes::v5::ConnectReturnCode as C;
+    match code {
+        C::Success => "success",
+        C::UnsupportedProtocolVersion => "unsupported_protocol_version",
+        C::ClientIdentifierNotValid => "client_identifier_not_valid",
+        C::QuotaExceeded => "quota_exceeded",
+        C::ServerBusy => "server_busy",
+        C::TopicNameInvalid => "topic_name_invalid",
+        C::BadAuthenticationMethod => "bad_authentication_method",
+        _ => "other",
+    }
+}
+
+/// A connection with a session.
+pub(crate) struct Connection {
+    broker: Arc<Broker>,
+    version: ProtocolVersion,
+    claim: Claim,
+    will: Option<Will>,
+    keep_alive: u16,
+    client_receive_maximum: u16,
+    client_max_packet_size: usize,
+    client_topic_alias_maximum: u16,
+    /// Topic aliases the client set up (alias → topic).
+    inbound_aliases: HashMap<u16, Arc<str>>,
+    /// Topic aliases the hub set up towards the client (topic → alias).
+    outbound_aliases: HashMap<Arc<str>, u16>,
+    read_buf: BytesMut,
+    write_buf: BytesMut,
+    batch: Vec<Delivery>,
+    last_packet: Instant,
+    /// Deliveries written since the last metrics update, by QoS.
+    delivered: [u64; 3],
+    /// Complete packets may still be in `read_buf` (processing paused to flush).
+    input_pending: bool,
+}
+
+impl Connection {
+    async fn run(&mut self, transport: &mut Transport, shutdown: &CancellationToken) -> Exit {
+        self.resend_inflight();
+        // Data that arrived together with CONNECT.
+        if let Err(exit) = self.process_input().await {
+            return exit;
+        }
+        self.drain_mailbox();
+        let keep_alive = Duration::from_millis(u64::from(self.keep_alive) * 1500);
+        let keep_alive_timer = tokio::time::sleep(keep_alive.max(Duration::from_secs(1)));
+        tokio::pin!(keep_alive_timer);
+        let kicked = self.claim.kicked.clone();
+        let session = self.claim.session.clone();
+        loop {
+            if !self.write_buf.is_empty() {
+                if let Err(exit) = self.flush(transport, shutdown, &kicked).await {
+                    return exit;
+                }
+                if self.input_pending {
+                    // A read burst stopped at the flush threshold: finish it first.
+                    if let Err(exit) = self.process_input().await {
+                        return exit;
+                    }
+                    self.drain_mailbox();
+                    continue;
+                }
+            }
+            tokio::select! {
+                biased;
+                _ = kicked.cancelled() => return Exit::TakenOver,
+                _ = shutdown.cancelled() => return Exit::Shutdown,
+                read = transport.read(&mut self.read_buf) => {
+                    match read {
+                        Ok(0) => return Exit::Closed,
+                        Ok(n) => {
+                            self.broker.metrics.bytes_received.inc_by(n as u64);
+                            self.last_packet = Instant::now();
+                            if let Err(exit) = self.process_input().await {
+                                return exit;
+                            }
+                            if self.read_buf.is_empty() {
+                                // Idle connections keep no read buffer.
+                                self.read_buf = BytesMut::new();
+                            }
+                        }
+                        Err(e) => {
+                            debug!(error = %e, "read failed");
+                            return Exit::Closed;
+                        }
+                    }
+                }
+                _ = session.notify.notified() => {}
+                _ = &mut keep_alive_timer, if self.keep_alive > 0 => {
+                    let deadline = self.last_packet + keep_alive;
+                    if Instant::now() >= deadline {
+                        return Exit::KeepAliveTimeout;
+                    }
+                    keep_alive_timer.as_mut().reset(deadline);
+                }
+            }
+            self.drain_mailbox();
+        }
+    }
+
+    async fn flush(
+        &mut self,
+        transport: &mut Transport,
+        shutdown: &CancellationToken,
+        kicked: &CancellationToken,
+    ) -> Result<(), Exit> {
+        let result = tokio::select! {
+            r = transport.write_all(&self.write_buf) => r,
+            _ = kicked.cancelled() => return Err(Exit::TakenOver),
+            _ = shutdown.cancelled() => return Err(Exit::Shutdown),
+        };
+        self.broker
+            .metrics
+            .bytes_sent
+            .inc_by(self.write_buf.len() as u64);
+        self.flush_delivery_metrics();
+        if self.write_buf.capacity() > 4 * FLUSH_AT {
+            self.write_buf = BytesMut::new();
+        } else {
+            self.write_buf.clear();
+        }
+        result.map_err(|e| {
+            debug!(error = %e, "write failed");
+            Exit::Closed
+        })
+    }
+
+    fn flush_delivery_metrics(&mut self) {
+        for (qos, n) in self.delivered.iter_mut().enumerate() {
+            if *n > 0 {
+                self.broker.metrics.delivered[qos].inc_by(*n);
+                *n = 0;
+            }
+        }
+    }
+
+    /// Decodes and handles every complete packet in the read buffer.
+    async fn process_input(&mut self) -> Result<(), Exit> {
+        self.input_pending = false;
+        loop {
+            let max = self.broker.limits.max_packet_size;
+            let packet = match codec::decode_packet(&mut self.read_buf, self.version, max) {
+                Ok(Some(p)) => p,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    self.broker.metrics.malformed(e.kind());
+                    return Err(Exit::from_decode(&e));
+                }
+            };
+            self.handle(packet).await?;
+            if self.write_buf.len() >= FLUSH_AT {
+                // Bound the output of one read burst; the loop continues after a flush.
+                self.input_pending = true;
+                return Ok(());
+            }
+        }
+    }
+
+    /// Sends the server's DISCONNECT where MQTT 5 has one, closes, and releases the session.
+    async fn finish(mut self, transport: &mut Transport, exit: Exit) {
+        self.flush_delivery_metrics();
+        self.broker.metrics.disconnect(exit.label());
+        match &exit {
+            Exit::Violation { why, .. } => {
+                warn!(reason = %why, "closing connection: protocol violation")
+            }
+            Exit::ClientDisconnect { .. } => debug!("client disconnected"),
+            other => debug!(exit = ?other, "connection closed"),
+        }
+        if let (true, Some(code)) = (self.version.is_v5(), exit.server_reason()) {
+            let mut d = Disconnect::new();
+            d.reason_code = code;
+            let _ = codec::encode_packet(&Packet::Disconnect(d), self.version, &mut self.write_buf);
+        }
+        if !self.write_buf.is_empty() {
+            let _ = tokio::time::timeout(
+                handshake::CLOSE_FLUSH_TIMEOUT,
+                transport.write_all(&self.write_buf),
+            )
+            .await;
+        }
+        transport.close().await;
+        let will = match exit {
+            Exit::ClientDisconnect { will } => will.then_some(()).and(self.will.take()),
+            _ => self.will.take(),
+        };
+        let Connection { broker, claim, .. } = self;
+        broker.release_session(claim, will).await;
+    }
+}

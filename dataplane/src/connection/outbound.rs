@@ -1,0 +1,139 @@
+//! Messages to the client: deliveries from the session's mailbox, within the client's
+//! receive maximum and maximum packet size, with outgoing topic aliases; and the resend of
+//! unacknowledged messages when a session resumes.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use mqttbytes::QoS;
+use mqttbytes::v5::{Packet, PubRel};
+
+use super::{Connection, FLUSH_AT};
+use crate::broker::{Delivery, Inflight, Stage};
+use crate::codec::{OutgoingPublish, encode_publish, publish_size};
+
+/// Deliveries taken from the mailbox per lock.
+const BATCH: usize = 256;
+
+impl Connection {
+    /// Moves deliveries from the mailbox into the write buffer until it is empty, the
+    /// in-flight window is full, or the buffer should be flushed.
+    pub(super) fn drain_mailbox(&mut self) {
+        let session = self.claim.session.clone();
+        let mut batch = std::mem::take(&mut self.batch);
+        loop {
+            let window = usize::from(self.client_receive_maximum);
+            let slots = window.saturating_sub(self.claim.state.inflight());
+            let more = session.take_batch(&mut batch, BATCH, slots);
+            let now = Instant::now();
+            for delivery in batch.drain(..) {
+                self.write_delivery(delivery, now);
+            }
+            let window_open = self.claim.state.inflight() < window;
+            if !more || !window_open {
+                break;
+            }
+            if self.write_buf.len() >= FLUSH_AT {
+                // Flush first, then come back for the rest.
+                session.notify.notify_one();
+                break;
+            }
+        }
+        self.batch = batch;
+    }
+
+    fn write_delivery(&mut self, d: Delivery, now: Instant) {
+        let metrics = &self.broker.metrics;
+        if d.message.expired(now) {
+            metrics.dropped_expired.inc();
+            return;
+        }
+        let topic: &Arc<str> = &d.message.topic;
+        let (alias, new_alias) = self.outgoing_alias(topic);
+        let mut out = OutgoingPublish {
+            topic: if alias.is_some() && !new_alias {
+                ""
+            } else {
+                topic
+            },
+            qos: d.qos as u8,
+            retain: d.retain,
+            dup: false,
+            pkid: 0,
+            payload: &d.message.payload,
+            v5: self.version.is_v5(),
+            props: d.message.properties.as_deref(),
+            expiry: d.message.remaining_expiry(now),
+            topic_alias: alias,
+            sub_ids: &d.subscription_ids,
+        };
+        if publish_size(&out) > self.client_max_packet_size {
+            // MQTT 5 3.1.2.11.4: too large for the client: discard as if delivered.
+            metrics.dropped_too_large.inc();
+            return;
+        }
+        if d.qos != QoS::AtMostOnce {
+            let Some(pkid) = self.claim.state.next_packet_id() else {
+                self.claim.session.requeue_front(vec![d]);
+                return;
+            };
+            out.pkid = pkid;
+        }
+        encode_publish(&out, &mut self.write_buf);
+        let pkid = out.pkid;
+        if new_alias && let Some(a) = alias {
+            self.outbound_aliases.insert(topic.clone(), a);
+        }
+        self.delivered[d.qos as usize] += 1;
+        if d.qos != QoS::AtMostOnce {
+            self.claim.state.outgoing.push_back(Inflight {
+                pkid,
+                stage: Stage::Published(d),
+            });
+        }
+    }
+
+    /// The alias to use for `topic`, and whether it is new (sent with the topic).
+    fn outgoing_alias(&self, topic: &Arc<str>) -> (Option<u16>, bool) {
+        if self.client_topic_alias_maximum == 0 || !self.version.is_v5() {
+            return (None, false);
+        }
+        if let Some(a) = self.outbound_aliases.get(topic) {
+            return (Some(*a), false);
+        }
+        let used = self.outbound_aliases.len();
+        if used < usize::from(self.client_topic_alias_maximum) {
+            // Aliases are never reassigned, so the next free one is len + 1.
+            return (Some(used as u16 + 1), true);
+        }
+        (None, false)
+    }
+
+    /// Resends unacknowledged PUBLISH (with DUP) and PUBREL packets of a resumed session,
+    /// with their original packet ids (MQTT 5 4.4).
+    pub(super) fn resend_inflight(&mut self) {
+        let now = Instant::now();
+        let inflight: Vec<Inflight> = self.claim.state.outgoing.iter().cloned().collect();
+        for entry in inflight {
+            match entry.stage {
+                Stage::Published(d) => {
+                    let out = OutgoingPublish {
+                        topic: &d.message.topic,
+                        qos: d.qos as u8,
+                        retain: d.retain,
+                        dup: true,
+                        pkid: entry.pkid,
+                        payload: &d.message.payload,
+                        v5: self.version.is_v5(),
+                        props: d.message.properties.as_deref(),
+                        expiry: d.message.remaining_expiry(now),
+                        topic_alias: None,
+                        sub_ids: &d.subscription_ids,
+                    };
+                    encode_publish(&out, &mut self.write_buf);
+                }
+                Stage::Released => self.send(Packet::PubRel(PubRel::new(entry.pkid))),
+            }
+        }
+    }
+}

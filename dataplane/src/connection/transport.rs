@@ -1,0 +1,92 @@
+//! The byte stream under an MQTT connection: plain TCP or a WebSocket carrying MQTT in
+//! binary frames.
+
+use std::io;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+/// Bytes read per wake-up at most; the buffer is allocated only once data is readable, so
+/// an idle connection holds no read buffer.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// A connection's transport.
+pub enum Transport {
+    Tcp(TcpStream),
+    WebSocket(Box<WebSocketStream<TcpStream>>),
+}
+
+impl Transport {
+    /// Label for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Tcp(_) => "tcp",
+            Self::WebSocket(_) => "websocket",
+        }
+    }
+
+    /// Appends whatever is available to `buf`; 0 means the peer closed. Cancel-safe.
+    pub async fn read(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        match self {
+            Self::Tcp(stream) => loop {
+                stream.readable().await?;
+                buf.reserve(READ_CHUNK);
+                match stream.try_read_buf(buf) {
+                    Ok(n) => return Ok(n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e),
+                }
+            },
+            Self::WebSocket(ws) => loop {
+                match ws.next().await {
+                    None | Some(Ok(WsMessage::Close(_))) => return Ok(0),
+                    Some(Ok(WsMessage::Binary(data))) => {
+                        if data.is_empty() {
+                            continue;
+                        }
+                        buf.extend_from_slice(&data);
+                        return Ok(data.len());
+                    }
+                    // Control frames are answered by tungstenite itself.
+                    Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => {
+                        continue;
+                    }
+                    Some(Ok(WsMessage::Text(_))) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "MQTT over WebSocket must use binary frames",
+                        ));
+                    }
+                    Some(Err(e)) => return Err(io::Error::other(e)),
+                }
+            },
+        }
+    }
+
+    /// Writes all of `data`.
+    pub async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        match self {
+            Self::Tcp(stream) => stream.write_all(data).await,
+            Self::WebSocket(ws) => ws
+                .send(WsMessage::Binary(Bytes::copy_from_slice(data)))
+                .await
+                .map_err(io::Error::other),
+        }
+    }
+
+    /// Closes the transport (best effort).
+    pub async fn close(&mut self) {
+        match self {
+            Self::Tcp(stream) => {
+                let _ = stream.shutdown().await;
+            }
+            Self::WebSocket(ws) => {
+                let _ = SinkExt::close(&mut **ws).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! CMQ data plane: the hub (an MQTT 3.1/3.1.1/5.0 broker), its state layer, and the
+//! standalone mode that runs it in one process.
+
+pub mod admin;
+pub mod broker;
+pub mod codec;
+pub mod config;
+pub mod connection;
+pub mod listener;
+pub mod manifests;
+pub mod metrics;
+pub mod standalone;
+pub mod state;

@@ -1,0 +1,42 @@
+//! The `cmq` binary: `cmq standalone` runs the broker, `cmq bench` measures any broker.
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "cmq",
+    version,
+    about = "CMQ: MQTT and CoAP message platform for IoT fleets"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run hub and dispatch in one process with in-memory state.
+    Standalone(cmq::standalone::StandaloneArgs),
+    /// Load-test an MQTT broker (CMQ or any other).
+    Bench(cmq_loadgen::BenchArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Standalone(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(cmq::standalone::run(args))
+        }
+        Command::Bench(args) => cmq_loadgen::run_blocking(args).map(|_| ()),
+    }
+}
