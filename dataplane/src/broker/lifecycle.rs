@@ -89,6 +89,9 @@ impl Broker {
                 control.pending_will.take()
             };
             let mut present = state.established && !clean_start;
+            if clean_start {
+                self.forget_record(client_id).await;
+            }
             if clean_start && state.established {
                 self.reset_session(&session, &mut state);
                 if let Some(will) = pending_will {
@@ -125,7 +128,11 @@ impl Broker {
             owner
         };
         if !still_owner {
-            // Taken over: the new connection owns the session; only the will is ours.
+            // Taken over: the new connection owns the session; only the will is ours. With
+            // expiry 0 the session still ended with this connection (MQTT 5 3.1.2.11.2).
+            if expiry == 0 {
+                self.reset_session(&session, &mut claim.state);
+            }
             self.schedule_will(&session, will, expiry).await;
             return;
         }
@@ -133,6 +140,7 @@ impl Broker {
         if expiry == 0 {
             self.end_session(&session, &mut claim.state);
             drop(claim);
+            self.forget_record(&session.client_id).await;
             if let Some(will) = will {
                 self.publish_will(will).await;
             }
@@ -240,11 +248,16 @@ impl Broker {
         info!(client_id = %session.client_id, "session expired");
         self.end_session(session, &mut state);
         drop(state);
-        if let Err(e) = self.state.sessions.remove(&session.client_id).await {
-            warn!(client_id = %session.client_id, error = %e, "could not remove the session record");
-        }
+        self.forget_record(&session.client_id).await;
         if let Some(will) = will {
             self.publish_will(will).await;
+        }
+    }
+
+    /// Removes the stored record of an ended session.
+    async fn forget_record(&self, client_id: &str) {
+        if let Err(e) = self.state.sessions.remove(client_id).await {
+            warn!(client_id, error = %e, "could not remove the session record");
         }
     }
 

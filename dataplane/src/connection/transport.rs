@@ -5,7 +5,7 @@ use std::io;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -18,6 +18,8 @@ const READ_CHUNK: usize = 16 * 1024;
 pub enum Transport {
     Tcp(TcpStream),
     WebSocket(Box<WebSocketStream<TcpStream>>),
+    /// An in-process pipe, for tests and fuzzing of the whole connection state machine.
+    Memory(tokio::io::DuplexStream),
 }
 
 impl Transport {
@@ -26,6 +28,7 @@ impl Transport {
         match self {
             Self::Tcp(_) => "tcp",
             Self::WebSocket(_) => "websocket",
+            Self::Memory(_) => "memory",
         }
     }
 
@@ -41,6 +44,10 @@ impl Transport {
                     Err(e) => return Err(e),
                 }
             },
+            Self::Memory(pipe) => {
+                buf.reserve(READ_CHUNK);
+                pipe.read_buf(buf).await
+            }
             Self::WebSocket(ws) => loop {
                 match ws.next().await {
                     None | Some(Ok(WsMessage::Close(_))) => return Ok(0),
@@ -71,6 +78,7 @@ impl Transport {
     pub async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
         match self {
             Self::Tcp(stream) => stream.write_all(data).await,
+            Self::Memory(pipe) => pipe.write_all(data).await,
             Self::WebSocket(ws) => ws
                 .send(WsMessage::Binary(Bytes::copy_from_slice(data)))
                 .await
@@ -83,6 +91,9 @@ impl Transport {
         match self {
             Self::Tcp(stream) => {
                 let _ = stream.shutdown().await;
+            }
+            Self::Memory(pipe) => {
+                let _ = pipe.shutdown().await;
             }
             Self::WebSocket(ws) => {
                 let _ = SinkExt::close(&mut **ws).await;
