@@ -251,14 +251,11 @@ mod tests {
             stage: Stage::Released,
         });
         // Fill every id: the last allocation must fail instead of reusing the front.
-        loop {
-            match s.next_packet_id() {
-                Some(id) => s.outgoing.push_back(Inflight {
-                    pkid: id,
-                    stage: Stage::Released,
-                }),
-                None => break,
-            }
+        while let Some(id) = s.next_packet_id() {
+            s.outgoing.push_back(Inflight {
+                pkid: id,
+                stage: Stage::Released,
+            });
         }
         assert_eq!(s.outgoing.len(), u16::MAX as usize);
         assert!(s.take_inflight(5).is_some());

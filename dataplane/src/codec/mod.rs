@@ -10,7 +10,9 @@
 //! - CONNECT (`connect`): MQTT 3.1 (`MQIsdp`, level 3) is not understood at all, and the
 //!   reserved flag and will-flag consistency are not checked;
 //! - outgoing PUBLISH (`publish`): encoded straight from the shared message, without building
-//!   an owned `Publish` per subscriber.
+//!   an owned `Publish` per subscriber;
+//! - CONNACK (`write`): `v5::ConnAck` without properties is written without the mandatory
+//!   property length.
 
 mod connect;
 mod convert;

@@ -52,19 +52,33 @@ fn mqttbytes_rejects_empty_v5_disconnect_which_we_accept() {
 }
 
 #[test]
-fn mqttbytes_suback_without_properties_is_corrupt_so_we_add_them() {
-    let ack = v5::SubAck::new(7, vec![v5::SubscribeReasonCode::QoS1]);
+fn mqttbytes_v5_connack_without_properties_is_malformed_so_we_add_them() {
+    // MQTT 5 3.2.2.3: the property length is mandatory in CONNACK; mqttbytes leaves it out.
     let mut raw = BytesMut::new();
-    ack.write(&mut raw).unwrap();
-    // remaining length says 3 but 4 bytes follow: the stream is out of step.
-    assert_eq!(raw[1] as usize + 2, raw.len() - 1);
+    v5::ConnAck::new(v5::ConnectReturnCode::Success, false)
+        .write(&mut raw)
+        .unwrap();
+    assert_eq!(&raw[..], &[0x20, 2, 0, 0]);
+}
+
+#[test]
+fn suback_and_unsuback_round_trip() {
+    let ack = v5::SubAck::new(
+        7,
+        vec![
+            v5::SubscribeReasonCode::QoS1,
+            v5::SubscribeReasonCode::QuotaExceeded,
+        ],
+    );
     let mut ours = BytesMut::new();
-    encode_packet(&Packet::SubAck(ack), ProtocolVersion::V5, &mut ours).unwrap();
-    assert_eq!(ours[1] as usize + 2, ours.len());
+    encode_packet(&Packet::SubAck(ack.clone()), ProtocolVersion::V5, &mut ours).unwrap();
     match mqttbytes::v5::read(&mut ours, 1 << 20).unwrap() {
-        Packet::SubAck(a) => assert_eq!(a.return_codes, vec![v5::SubscribeReasonCode::QoS1]),
+        Packet::SubAck(a) => assert_eq!(a.return_codes, ack.return_codes),
         other => panic!("unexpected {other:?}"),
     }
+    let mut v4 = BytesMut::new();
+    encode_packet(&Packet::SubAck(ack), ProtocolVersion::V311, &mut v4).unwrap();
+    assert_eq!(&v4[..], &[0x90, 4, 0, 7, 1, 0x80]);
 }
 
 #[test]

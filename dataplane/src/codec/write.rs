@@ -1,10 +1,9 @@
 //! Control packets the server sends (CONNACK, SUBACK, acks, DISCONNECT), written in the
 //! connection's protocol version with mqttbytes' writers.
 //!
-//! Two mqttbytes 0.6 writer bugs are avoided here rather than patched: `v5::ConnAck` without
-//! properties omits the mandatory property length, and `v5::SubAck`/`v5::UnsubAck` without
-//! properties write a property-length byte their remaining length does not count (the stream
-//! is then corrupt). Both always get a (possibly empty) property set. See `tests.rs`.
+//! One mqttbytes 0.6 writer bug is avoided here rather than patched: `v5::ConnAck` without
+//! properties omits the property length that MQTT 5 requires, so CONNACK always gets a
+//! (possibly empty) property set. See `tests.rs`.
 
 use bytes::BytesMut;
 use mqttbytes::v4;
@@ -36,23 +35,7 @@ fn encode_v5(packet: &Packet, buf: &mut BytesMut) -> Result<(), mqttbytes::Error
         Packet::ConnAck(a) => {
             a.write(buf)?;
         }
-        Packet::SubAck(a) if a.properties.is_none() => {
-            let mut a = a.clone();
-            a.properties = Some(v5::SubAckProperties {
-                reason_string: None,
-                user_properties: Vec::new(),
-            });
-            a.write(buf)?;
-        }
         Packet::SubAck(a) => {
-            a.write(buf)?;
-        }
-        Packet::UnsubAck(a) if a.properties.is_none() => {
-            let mut a = a.clone();
-            a.properties = Some(v5::UnsubAckProperties {
-                reason_string: None,
-                user_properties: Vec::new(),
-            });
             a.write(buf)?;
         }
         Packet::UnsubAck(a) => {

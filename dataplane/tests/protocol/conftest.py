@@ -231,6 +231,14 @@ class Broker:
             self.log = None
 
 
+@pytest.fixture(autouse=True)
+def _close_clients():
+    """Stop every paho loop / raw socket a test left open (no stray reconnects)."""
+    yield
+    from helpers import close_all_clients
+    close_all_clients()
+
+
 @pytest.fixture(scope="session")
 def broker_kind(request) -> str:
     return request.config.getoption("--broker")

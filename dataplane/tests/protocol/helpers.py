@@ -373,6 +373,19 @@ class Packet:
         return self
 
 
+# every client created by a test; closed by the autouse fixture in conftest.py
+_LIVE_CLIENTS: list = []
+
+
+def close_all_clients() -> None:
+    while _LIVE_CLIENTS:
+        c = _LIVE_CLIENTS.pop()
+        try:
+            c.cleanup()
+        except Exception:
+            pass
+
+
 class Closed(Exception):
     """The peer closed the connection."""
 
@@ -388,6 +401,10 @@ class RawClient:
         self.closed = False
         self._next_id = 0
         self.pending: list[Packet] = []   # packets set aside by recv_type(skip=...)
+        _LIVE_CLIENTS.append(self)
+
+    def cleanup(self) -> None:
+        self.close()
 
     # -- plumbing -----------------------------------------------------------
     def next_id(self) -> int:
@@ -623,6 +640,19 @@ class PahoClient:
         c.on_unsubscribe = self._on_unsubscribe
         c.on_publish = self._on_publish
         self._loop_started = False
+        _LIVE_CLIENTS.append(self)
+
+    def cleanup(self) -> None:
+        self.stop()
+        try:
+            self.client.disconnect()
+        except Exception:
+            pass
+        try:
+            if self.client.socket() is not None:
+                self.client.socket().close()
+        except Exception:
+            pass
 
     # -- callbacks
     def _on_connect(self, client, userdata, flags, reason_code, properties):
