@@ -6,7 +6,8 @@
 //! the spec this module covers the gap, each case named where it is handled:
 //! - framing (`frame`): the packet-size limit must be checked from the fixed header before the
 //!   body arrives, fixed-header flags must be validated, and zero-length MQTT 5 DISCONNECT
-//!   (`e0 00`, what most clients send) is rejected by `mqttbytes::v5::read`;
+//!   (`e0 00`, what most clients send) and DISCONNECT with a reason code but no property
+//!   length (`e0 01 04`) are rejected by `mqttbytes::v5::read`;
 //! - CONNECT (`connect`): MQTT 3.1 (`MQIsdp`, level 3) is not understood at all, and the
 //!   reserved flag and will-flag consistency are not checked;
 //! - outgoing PUBLISH (`publish`): encoded straight from the shared message, without building
@@ -118,6 +119,16 @@ pub fn decode_packet(
                 header.packet_type
             ))),
         };
+    }
+    if header.packet_type == 14 && header.remaining_len == 1 && version.is_v5() {
+        // Reason code without property length (MQTT 5 3.14.2.2.1 allows omitting it);
+        // mqttbytes 0.6 fails on it with InsufficientBytes.
+        let code = frame.get(header.frame_len - 1).copied().unwrap_or(0);
+        let reason_code = mqttbytes::v5::DisconnectReasonCode::try_from(code)?;
+        return Ok(Some(Packet::Disconnect(mqttbytes::v5::Disconnect {
+            reason_code,
+            properties: None,
+        })));
     }
     let mut frame = frame;
     let packet = match version {

@@ -52,6 +52,24 @@ fn mqttbytes_rejects_empty_v5_disconnect_which_we_accept() {
 }
 
 #[test]
+fn mqttbytes_rejects_disconnect_without_property_length_which_we_accept() {
+    let mut buf = BytesMut::from(&[0xE0u8, 0x01, 0x04][..]);
+    assert!(mqttbytes::v5::read(&mut buf.clone(), 1 << 20).is_err());
+    match decode_packet(&mut buf, ProtocolVersion::V5, 1 << 20)
+        .unwrap()
+        .unwrap()
+    {
+        Packet::Disconnect(d) => {
+            assert_eq!(
+                d.reason_code,
+                v5::DisconnectReasonCode::DisconnectWithWillMessage
+            )
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
 fn mqttbytes_v5_connack_without_properties_is_malformed_so_we_add_them() {
     // MQTT 5 3.2.2.3: the property length is mandatory in CONNACK; mqttbytes leaves it out.
     let mut raw = BytesMut::new();

@@ -643,16 +643,13 @@ class PahoClient:
         _LIVE_CLIENTS.append(self)
 
     def cleanup(self) -> None:
+        if not self._loop_started:
+            return
+        try:
+            self.client.disconnect()  # also wakes the network loop
+        except Exception:
+            pass
         self.stop()
-        try:
-            self.client.disconnect()
-        except Exception:
-            pass
-        try:
-            if self.client.socket() is not None:
-                self.client.socket().close()
-        except Exception:
-            pass
 
     # -- callbacks
     def _on_connect(self, client, userdata, flags, reason_code, properties):
