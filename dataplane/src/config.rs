@@ -57,6 +57,10 @@ pub struct HubArgs {
     /// Longest session expiry granted, in seconds.
     #[arg(long, env = "CMQ_MAX_SESSION_EXPIRY")]
     pub max_session_expiry: Option<u32>,
+    /// How long a publisher waits for room in a connected subscriber's full queue before
+    /// the QoS 1/2 delivery is dropped and counted, in milliseconds.
+    #[arg(long, env = "CMQ_MAX_PUBLISH_WAIT_MS")]
+    pub max_publish_wait_ms: Option<u64>,
     /// How long SIGTERM waits for connections to close, in milliseconds.
     #[arg(long, env = "CMQ_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
     pub drain_timeout_ms: u64,
@@ -75,6 +79,9 @@ pub struct Limits {
     pub server_keep_alive: Option<u16>,
     pub topic_alias_maximum: u16,
     pub max_session_expiry: u32,
+    /// How long a publisher waits for room in a connected subscriber's full queue before
+    /// the QoS 1/2 delivery is dropped.
+    pub max_publish_wait: Duration,
 }
 
 impl Default for Limits {
@@ -93,6 +100,7 @@ impl Default for Limits {
             server_keep_alive: None,
             topic_alias_maximum: 64,
             max_session_expiry: 7 * 24 * 3600,
+            max_publish_wait: Duration::from_secs(5),
         }
     }
 }
@@ -208,6 +216,10 @@ impl HubArgs {
                 .max_session_expiry
                 .or(m.max_session_expiry)
                 .unwrap_or(d.max_session_expiry),
+            max_publish_wait: self
+                .max_publish_wait_ms
+                .map(Duration::from_millis)
+                .unwrap_or(d.max_publish_wait),
         };
         validate(&limits)?;
         Ok((listeners, limits))

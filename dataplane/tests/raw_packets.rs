@@ -139,6 +139,18 @@ impl Raw {
     }
 }
 
+fn queue_full_drops(hub: &Hub) -> u64 {
+    let metrics = hub.broker.metrics.render();
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("cmq_hub_messages_dropped_total{reason=\"queue_full\"}"))
+        .expect("queue_full drop counter is exported");
+    line.rsplit(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
 fn subscribe(filter: &str, qos: QoS) -> Packet {
     let mut s = v5::Subscribe::new(filter, qos);
     s.pkid = 1;
@@ -275,7 +287,7 @@ async fn topic_alias_above_maximum_gets_0x94_and_unknown_alias_0x82() {
 }
 
 #[tokio::test]
-async fn slow_subscriber_is_bounded_and_publisher_keeps_going() {
+async fn stuck_subscriber_is_bounded_and_publisher_keeps_going() {
     let max_queued = 100;
     let hub = start(Limits {
         max_queued_messages: max_queued,
@@ -312,14 +324,67 @@ async fn slow_subscriber_is_bounded_and_publisher_keeps_going() {
         }
     }
     // 20 000 × 4 KiB = 80 MiB were published; the slow session holds at most its limit.
-    let metrics = hub.broker.metrics.render();
-    assert!(metrics.contains("cmq_hub_messages_dropped_total{reason=\"queue_full\"}"));
-    let dropped: u64 = metrics
-        .lines()
-        .find(|l| l.starts_with("cmq_hub_messages_dropped_total{reason=\"queue_full\"}"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
+    let dropped = queue_full_drops(&hub);
     assert!(dropped > u64::from(total) / 2, "dropped {dropped}");
     drop(slow);
+}
+
+#[tokio::test]
+async fn a_slow_but_reading_subscriber_gets_every_qos1_message_through_backpressure() {
+    // Queue of 10: publishers are far faster than this subscriber, which reads with pauses.
+    let hub = start(Limits {
+        max_queued_messages: 10,
+        ..Limits::default()
+    })
+    .await;
+    let mut sub = Raw::connect(&hub, "slowreader", None).await;
+    sub.send(subscribe("bp/t", QoS::AtLeastOnce)).await;
+    assert!(matches!(sub.recv().await, Some(Packet::SubAck(_))));
+    let total = 2_000u16;
+    let publisher = {
+        let mut publ = Raw::connect(&hub, "bp-pub", None).await;
+        tokio::spawn(async move {
+            let mut out = BytesMut::new();
+            for pkid in 1..=total {
+                cmq::codec::encode_packet(
+                    &publish("bp/t", QoS::AtLeastOnce, pkid, &pkid.to_be_bytes()),
+                    cmq::codec::ProtocolVersion::V5,
+                    &mut out,
+                )
+                .unwrap();
+            }
+            publ.send_bytes(&out).await;
+            let mut acks = 0;
+            while acks < total {
+                match publ.recv().await {
+                    Some(Packet::PubAck(a)) => {
+                        assert_eq!(a.reason, v5::PubAckReason::Success);
+                        acks += 1;
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        })
+    };
+    let mut next = 1u16;
+    while next <= total {
+        match sub.recv().await {
+            Some(Packet::Publish(p)) => {
+                assert_eq!(&p.payload[..], &next.to_be_bytes(), "in order, none lost");
+                next += 1;
+                sub.send(Packet::PubAck(v5::PubAck::new(p.pkid))).await;
+                if next.is_multiple_of(200) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    publisher.await.unwrap();
+    assert!(
+        !hub.broker
+            .metrics
+            .render()
+            .contains("reason=\"queue_full\"} 1")
+    );
 }

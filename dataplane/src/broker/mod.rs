@@ -86,11 +86,43 @@ impl Broker {
                 .retained
                 .set(self.state.retained.count() as i64);
         }
-        let delivered = self.route(&message);
+        let mut blocked = subscriptions::Blocked::new();
+        let delivered = self.route(&message, &mut blocked);
+        for (session, delivery) in blocked {
+            self.wait_for_room(&session, delivery).await;
+        }
         if self.state.bus.is_remote() {
             self.state.bus.publish(message).await?;
         }
         Ok(delivered)
+    }
+
+    /// Backpressure: a connected subscriber's queue is full of QoS 1/2 messages, so the
+    /// publisher (whose connection awaits this, and so stops reading its socket) waits for
+    /// room, up to `max_publish_wait`; only then is the delivery dropped and counted.
+    async fn wait_for_room(&self, session: &Session, mut delivery: Delivery) {
+        let deadline = tokio::time::Instant::now() + self.limits.max_publish_wait;
+        loop {
+            let room = session.space.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            match session.push(delivery) {
+                session::Queued::Full(d) => delivery = d,
+                session::Queued::Dropped => {
+                    self.metrics.dropped_queue_full.inc();
+                    return;
+                }
+                session::Queued::Yes | session::Queued::EvictedQos0 => return,
+            }
+            if tokio::time::timeout_at(deadline, room).await.is_err() || !session.is_online() {
+                session.mark_stalled();
+                if let session::Queued::Full(_) | session::Queued::Dropped = session.push(delivery)
+                {
+                    self.metrics.dropped_queue_full.inc();
+                }
+                return;
+            }
+        }
     }
 
     /// Stops session timers; called once every connection has ended.

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::message::{Delivery, SessionId, SubOptions};
 
 /// Result of queueing a delivery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Queued {
     /// Queued.
     Yes,
@@ -25,6 +25,9 @@ pub enum Queued {
     EvictedQos0,
     /// The queue was full: this delivery was dropped.
     Dropped,
+    /// The queue of a connected session is full of QoS 1/2 messages: the delivery is handed
+    /// back so the publisher can wait for room (backpressure) instead of losing it.
+    Full(Delivery),
 }
 
 /// A session shared between the registry, the subscription index and its connection.
@@ -36,11 +39,16 @@ pub struct Session {
     max_queued: usize,
     /// Woken when the mailbox goes from empty to non-empty, and on control changes.
     pub notify: Notify,
+    /// Woken when the connection takes deliveries out of a full mailbox.
+    pub space: Notify,
     /// State owned by the live connection (or parked between connections).
     pub state: Arc<tokio::sync::Mutex<SessionState>>,
     pub control: Mutex<Control>,
     /// Whether a connection is attached (lock-free copy of `Control::connected` for routing).
     online: AtomicBool,
+    /// A publisher waited in vain for room: further overflow is dropped at once until the
+    /// connection takes messages again, so one stuck subscriber cannot stall publishers.
+    stalled: AtomicBool,
 }
 
 /// Who currently owns the session, and its pending timers.
@@ -147,14 +155,18 @@ impl Session {
             mailbox: Mutex::new(VecDeque::new()),
             max_queued,
             notify: Notify::new(),
+            space: Notify::new(),
             state: Arc::new(tokio::sync::Mutex::new(SessionState::default())),
             control: Mutex::new(Control::default()),
             online: AtomicBool::new(false),
+            stalled: AtomicBool::new(false),
         }
     }
 
     /// Queues a delivery, applying the queue limit: when full, QoS 0 is dropped first (an
-    /// incoming QoS 0, or else the oldest queued QoS 0), and only then a QoS 1/2 delivery.
+    /// incoming QoS 0, or else the oldest queued QoS 0); a QoS 1/2 delivery that still finds
+    /// no room is handed back (`Full`) when the session is connected, so its publisher can
+    /// wait, and dropped when it is not.
     pub fn push(&self, delivery: Delivery) -> Queued {
         let mut queue = self.mailbox.lock();
         let mut outcome = Queued::Yes;
@@ -166,6 +178,9 @@ impl Session {
                 Some(pos) => {
                     queue.remove(pos);
                     outcome = Queued::EvictedQos0;
+                }
+                None if self.is_online() && !self.stalled.load(Ordering::Relaxed) => {
+                    return Queued::Full(delivery);
                 }
                 None => return Queued::Dropped,
             }
@@ -183,6 +198,7 @@ impl Session {
     /// needs an in-flight slot and `slots` is exhausted. Returns whether more are queued.
     pub fn take_batch(&self, out: &mut Vec<Delivery>, max: usize, mut slots: usize) -> bool {
         let mut queue = self.mailbox.lock();
+        let was_full = queue.len() >= self.max_queued;
         while out.len() < max {
             match queue.front() {
                 Some(d) if d.qos != QoS::AtMostOnce && slots == 0 => break,
@@ -195,7 +211,14 @@ impl Session {
             }
             out.push(d);
         }
-        !queue.is_empty()
+        let more = !queue.is_empty();
+        let made_room = was_full && queue.len() < self.max_queued;
+        drop(queue);
+        if made_room {
+            self.stalled.store(false, Ordering::Relaxed);
+            self.space.notify_waiters();
+        }
+        more
     }
 
     /// Returns deliveries to the front of the queue (in their order), e.g. when a
@@ -205,6 +228,11 @@ impl Session {
         for d in deliveries.into_iter().rev() {
             queue.push_front(d);
         }
+    }
+
+    /// Marks the session as not taking messages (see `stalled`).
+    pub fn mark_stalled(&self) {
+        self.stalled.store(true, Ordering::Relaxed);
     }
 
     /// Whether a connection is attached.

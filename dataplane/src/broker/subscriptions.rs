@@ -10,6 +10,9 @@ use super::Broker;
 use super::message::{Delivery, Message, SessionId, SubOptions, min_qos};
 use super::session::{Queued, Session};
 
+/// Deliveries that found a connected session's queue full, for the publisher to wait on.
+pub(super) type Blocked = SmallVec<[(Arc<Session>, Delivery); 2]>;
+
 /// A subscription held by one session.
 #[derive(Debug, Clone)]
 pub(super) struct Subscriber {
@@ -139,7 +142,7 @@ impl Broker {
     /// Delivers `message` to every matching session of this hub: one copy per session with
     /// the highest QoS and every subscription id of its matching subscriptions (MQTT 5
     /// 3.3.4), and one copy per shared group. Returns the number of sessions reached.
-    pub(super) fn route(&self, message: &Arc<Message>) -> usize {
+    pub(super) fn route(&self, message: &Arc<Message>, blocked: &mut Blocked) -> usize {
         let subs = self.subscriptions.read();
         let mut hits: SmallVec<[(SessionId, &Subscriber); 16]> = SmallVec::new();
         let mut last_filter: *const u8 = std::ptr::null();
@@ -160,7 +163,7 @@ impl Broker {
             // One filter: its keys are unique, nothing to merge (the common case).
             for (_, sub) in &hits {
                 let ids = sub_ids(sub.options.subscription_id);
-                reached += self.deliver(sub, message, sub.options, ids);
+                reached += self.deliver(sub, message, sub.options, ids, blocked);
             }
         } else {
             hits.sort_unstable_by_key(|(sid, _)| *sid);
@@ -177,13 +180,13 @@ impl Broker {
                         ids.push(o.subscription_id);
                     }
                 }
-                reached += self.deliver(run[0].1, message, options, ids);
+                reached += self.deliver(run[0].1, message, options, ids, blocked);
             }
         }
         subs.shared.for_each_match(&message.topic, |_, _, group| {
             if let Some(sub) = group.pick() {
                 let ids = sub_ids(sub.options.subscription_id);
-                reached += self.deliver(sub, message, sub.options, ids);
+                reached += self.deliver(sub, message, sub.options, ids, blocked);
             }
         });
         reached
@@ -195,6 +198,7 @@ impl Broker {
         message: &Arc<Message>,
         options: SubOptions,
         subscription_ids: Vec<u32>,
+        blocked: &mut Blocked,
     ) -> usize {
         let delivery = Delivery {
             message: message.clone(),
@@ -211,6 +215,10 @@ impl Broker {
             Queued::Dropped => {
                 self.metrics.dropped_queue_full.inc();
                 0
+            }
+            Queued::Full(delivery) => {
+                blocked.push((sub.session.clone(), delivery));
+                1
             }
         }
     }
