@@ -24,8 +24,6 @@ pub struct Accepted<'a> {
     pub client_receive_maximum: u16,
     pub client_max_packet_size: usize,
     pub client_topic_alias_maximum: u16,
-    /// Whether the client asked for no reason strings (MQTT 5 request problem information).
-    pub problem_info: bool,
     /// Bytes read after CONNECT.
     pub leftover: BytesMut,
     /// CONNACK, encoded.
@@ -211,7 +209,6 @@ async fn accept<'a>(
             .and_then(|p| p.max_packet_size)
             .map_or(usize::MAX, |v| v as usize),
         client_topic_alias_maximum: p.and_then(|p| p.topic_alias_max).unwrap_or(0),
-        problem_info: p.and_then(|p| p.request_problem_info).unwrap_or(1) == 1,
         claim,
         leftover,
         out,

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use mqttbytes::v5::{Disconnect, DisconnectReasonCode, Packet};
+use mqttbytes::v5::{Disconnect, DisconnectProperties, DisconnectReasonCode, Packet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -330,6 +330,16 @@ impl Connection {
         if let (true, Some(code)) = (self.version.is_v5(), exit.server_reason()) {
             let mut d = Disconnect::new();
             d.reason_code = code;
+            if let Exit::Violation { why, .. } = &exit {
+                // A reason string is allowed on DISCONNECT whatever the client's request
+                // problem information says (MQTT 5 3.1.2.11.7).
+                d.properties = Some(DisconnectProperties {
+                    session_expiry_interval: None,
+                    reason_string: Some(why.clone()),
+                    user_properties: Vec::new(),
+                    server_reference: None,
+                });
+            }
             let _ = codec::encode_packet(&Packet::Disconnect(d), self.version, &mut self.write_buf);
         }
         if !self.write_buf.is_empty() {
