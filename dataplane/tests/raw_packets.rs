@@ -388,3 +388,58 @@ async fn a_slow_but_reading_subscriber_gets_every_qos1_message_through_backpress
             .contains("reason=\"queue_full\"} 1")
     );
 }
+
+#[tokio::test]
+async fn a_message_left_unacknowledged_keeps_its_packet_id_while_others_cycle() {
+    let hub = start(Limits::default()).await;
+    let mut sub = Raw::connect(&hub, "never-acks-1", None).await;
+    sub.send(subscribe("cycle/t", QoS::AtLeastOnce)).await;
+    assert!(matches!(sub.recv().await, Some(Packet::SubAck(_))));
+    // More messages than there are packet ids, so every other id is used again.
+    let total: u32 = 70_000;
+    let mut publ = Raw::connect(&hub, "cycle-pub", None).await;
+    let publisher = tokio::spawn(async move {
+        let mut out = BytesMut::new();
+        for i in 0..total {
+            let pkid = (i % 65_000 + 1) as u16;
+            cmq::codec::encode_packet(
+                &publish("cycle/t", QoS::AtLeastOnce, pkid, &i.to_be_bytes()),
+                cmq::codec::ProtocolVersion::V5,
+                &mut out,
+            )
+            .unwrap();
+            if out.len() > 64 * 1024 {
+                publ.send_bytes(&out).await;
+                out.clear();
+            }
+        }
+        publ.send_bytes(&out).await;
+        publ
+    });
+    let mut received = 0u32;
+    let mut held = None;
+    while received < total {
+        let Some(Packet::Publish(p)) = sub.recv().await else {
+            panic!("expected PUBLISH")
+        };
+        assert_eq!(
+            &p.payload[..],
+            &received.to_be_bytes(),
+            "in order, none lost"
+        );
+        received += 1;
+        match held {
+            None => held = Some(p.pkid),
+            Some(h) => {
+                assert_ne!(
+                    p.pkid, h,
+                    "packet id reused while in flight (message {received})"
+                );
+                sub.send(Packet::PubAck(v5::PubAck::new(p.pkid))).await;
+            }
+        }
+    }
+    sub.send(Packet::PingReq).await;
+    assert!(matches!(sub.recv().await, Some(Packet::PingResp)));
+    drop(publisher.await.unwrap());
+}

@@ -33,6 +33,8 @@ pub struct Claim {
 pub enum ClaimError {
     #[error("the previous connection of client {0} did not release its session in time")]
     TakeoverTimeout(String),
+    #[error("a newer connection of client {0} claimed the session first")]
+    Superseded(String),
 }
 
 impl Broker {
@@ -55,9 +57,9 @@ impl Broker {
                 }
                 control.generation += 1;
                 control.connected = true;
+                session.set_online(true);
                 (control.generation, control.kick.replace(kicked.clone()))
             };
-            session.set_online(true);
             if let Some(old) = old_kick {
                 debug!(
                     client_id,
@@ -67,6 +69,13 @@ impl Broker {
             }
             let lock = tokio::time::timeout(TAKEOVER_TIMEOUT, session.state.clone().lock_owned());
             let Ok(mut state) = lock.await else {
+                let mut control = session.control.lock();
+                if control.generation == generation {
+                    // Give up the claim: the stuck connection then releases as the owner.
+                    control.connected = false;
+                    control.kick = None;
+                    session.set_online(false);
+                }
                 return Err(ClaimError::TakeoverTimeout(client_id.to_owned()));
             };
             // Timers and a delayed will are taken only now, once the previous connection has
@@ -74,8 +83,10 @@ impl Broker {
             let pending_will = {
                 let mut control = session.control.lock();
                 if control.generation != generation {
-                    // Yet another connection claimed it while we waited: it wins.
-                    continue;
+                    // Yet another connection claimed it while we waited: the newest wins.
+                    // Retrying here would kick it in turn, and two clients could take the
+                    // session from each other forever.
+                    return Err(ClaimError::Superseded(client_id.to_owned()));
                 }
                 if control.ended {
                     drop(control);
@@ -120,13 +131,17 @@ impl Broker {
         claim.state.established = true;
         let still_owner = {
             let mut control = session.control.lock();
-            let owner = control.generation == claim.generation;
+            // Nobody connected means a takeover gave up waiting for us: we are the owner.
+            let owner = control.generation == claim.generation || !control.connected;
             if owner {
                 control.connected = false;
                 control.kick = None;
+                session.set_online(false);
             }
             owner
         };
+        // Everything below runs before the state lock is released, so a reconnect sees the
+        // will and timers this connection leaves behind (and cancels them).
         if !still_owner {
             // Taken over: the new connection owns the session; only the will is ours. With
             // expiry 0 the session still ended with this connection (MQTT 5 3.1.2.11.2).
@@ -136,11 +151,10 @@ impl Broker {
             self.schedule_will(&session, will, expiry).await;
             return;
         }
-        session.set_online(false);
         if expiry == 0 {
             self.end_session(&session, &mut claim.state);
-            drop(claim);
             self.forget_record(&session.client_id).await;
+            drop(claim);
             if let Some(will) = will {
                 self.publish_will(will).await;
             }
@@ -156,12 +170,12 @@ impl Broker {
                 .collect(),
             expiry_interval: expiry,
         };
-        drop(claim);
         if let Err(e) = self.state.sessions.save(record).await {
             warn!(client_id = %session.client_id, error = %e, "could not save the session record");
         }
         self.schedule_will(&session, will, expiry).await;
         self.schedule_expiry(&session, expiry);
+        drop(claim);
     }
 
     /// Publishes a will at once or keeps it for its delay.

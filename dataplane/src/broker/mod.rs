@@ -21,7 +21,7 @@ use crate::state::{State, StateError};
 
 pub use lifecycle::{Claim, ClaimError};
 pub use message::{Delivery, Message, SessionId, SubOptions};
-pub use session::{Inflight, Session, SessionState, Stage};
+pub use session::{Inflight, Queued, Session, SessionState, Stage};
 pub use subscriptions::SubscribeError;
 pub use will::Will;
 
@@ -89,6 +89,12 @@ impl Broker {
         let mut blocked = subscriptions::Blocked::new();
         let delivered = self.route(&message, &mut blocked);
         for (session, delivery) in blocked {
+            if Some(session.id) == message.origin {
+                // The publisher's own queue: its connection drains it only after this
+                // publish, so waiting would only stall it. Count the overflow instead.
+                self.metrics.dropped_queue_full.inc();
+                continue;
+            }
             self.wait_for_room(&session, delivery).await;
         }
         if self.state.bus.is_remote() {

@@ -224,6 +224,9 @@ impl Session {
     /// Returns deliveries to the front of the queue (in their order), e.g. when a
     /// connection ends before sending them.
     pub fn requeue_front(&self, deliveries: Vec<Delivery>) {
+        if deliveries.is_empty() {
+            return;
+        }
         let mut queue = self.mailbox.lock();
         for d in deliveries.into_iter().rev() {
             queue.push_front(d);
@@ -290,5 +293,33 @@ mod tests {
         assert_eq!(s.next_packet_id(), None, "5 is free but not next in order");
         s.take_inflight(u16::MAX).unwrap();
         assert_eq!(s.next_packet_id(), Some(u16::MAX));
+    }
+
+    #[test]
+    fn a_held_id_blocks_allocation_only_when_the_run_wraps_onto_it() {
+        let mut s = SessionState::default();
+        let held = s.next_packet_id().unwrap();
+        s.outgoing.push_back(Inflight {
+            pkid: held,
+            stage: Stage::Released,
+        });
+        // Keep two in flight behind the held one so the run never drains to it.
+        let mut tail = std::collections::VecDeque::new();
+        while let Some(id) = s.next_packet_id() {
+            assert_ne!(id, held);
+            s.outgoing.push_back(Inflight {
+                pkid: id,
+                stage: Stage::Released,
+            });
+            tail.push_back(id);
+            if tail.len() > 2 {
+                let old = tail.pop_front().unwrap();
+                s.take_inflight(old).unwrap();
+            }
+        }
+        assert_eq!(s.outgoing.back().map(|i| i.pkid), Some(u16::MAX));
+        // Acknowledging the held message frees the cycle again.
+        s.take_inflight(held).unwrap();
+        assert_eq!(s.next_packet_id(), Some(1));
     }
 }

@@ -12,6 +12,7 @@
 //!   reserved flag and will-flag consistency are not checked;
 //! - outgoing PUBLISH (`publish`): encoded straight from the shared message, without building
 //!   an owned `Publish` per subscriber;
+//! - MQTT 5 UNSUBSCRIBE (`unsubscribe`): mqttbytes' reader has a `dbg!` left in it;
 //! - CONNACK (`write`): `v5::ConnAck` without properties is written without the mandatory
 //!   property length.
 
@@ -19,6 +20,7 @@ mod connect;
 mod convert;
 mod frame;
 mod publish;
+mod unsubscribe;
 mod write;
 
 pub use connect::{ConnectError, decode_connect};
@@ -129,6 +131,14 @@ pub fn decode_packet(
             reason_code,
             properties: None,
         })));
+    }
+    if header.packet_type == 10 && version.is_v5() {
+        let body = frame
+            .get(header.frame_len - header.remaining_len..)
+            .unwrap_or_default();
+        let packet = Packet::Unsubscribe(unsubscribe::read_v5(body)?);
+        validate_incoming(&packet)?;
+        return Ok(Some(packet));
     }
     let mut frame = frame;
     let packet = match version {

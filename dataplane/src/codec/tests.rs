@@ -268,3 +268,31 @@ fn subscribe_options_survive_decoding() {
     assert!(d.filters[0].nolocal);
     assert!(d.filters[0].preserve_retain);
 }
+
+#[test]
+fn v5_unsubscribe_is_read_without_mqttbytes() {
+    let mut u = v5::Unsubscribe::new("a/+");
+    u.pkid = 42;
+    u.filters.push("$share/g/b".into());
+    let mut buf = BytesMut::new();
+    u.write(&mut buf).unwrap();
+    let Packet::Unsubscribe(d) = decode_packet(&mut buf, ProtocolVersion::V5, 1 << 20)
+        .unwrap()
+        .unwrap()
+    else {
+        panic!("not unsubscribe")
+    };
+    assert_eq!(d.pkid, 42);
+    assert_eq!(d.filters, vec!["a/+".to_string(), "$share/g/b".to_string()]);
+    // Truncated filter and oversized property length are malformed, not panics.
+    for bad in [
+        &[0xA2u8, 5, 0, 1, 0, 0, 9][..],
+        &[0xA2, 4, 0, 1, 0x7F, 0][..],
+    ] {
+        let mut buf = BytesMut::from(bad);
+        assert!(matches!(
+            decode_packet(&mut buf, ProtocolVersion::V5, 1 << 20),
+            Err(DecodeError::Malformed(_))
+        ));
+    }
+}

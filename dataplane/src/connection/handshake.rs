@@ -84,7 +84,7 @@ async fn read_connect(
             }
             Err(e) => return Err(Refused::Invalid(e)),
         }
-        match transport.read(buf).await {
+        match transport.read_up_to(buf, 512).await {
             Ok(0) | Err(_) => return Err(Refused::NoConnect("closed_before_connect")),
             Ok(_) => {}
         }

@@ -13,7 +13,7 @@ use mqttbytes::v5::{
 use tracing::debug;
 
 use super::{Connection, Exit};
-use crate::broker::{Message, SubOptions, SubscribeError};
+use crate::broker::{Message, Queued, SubOptions, SubscribeError};
 use crate::codec;
 
 impl Connection {
@@ -275,7 +275,15 @@ impl Connection {
             match self.broker.retained_for(&filter, options).await {
                 Ok(deliveries) => {
                     for d in deliveries {
-                        self.claim.session.push(d);
+                        // This connection drains its own queue only after this packet, so
+                        // retained messages may not wait for room: beyond the limit they
+                        // are dropped and counted like any overflow.
+                        match self.claim.session.push(d) {
+                            Queued::Yes => {}
+                            Queued::EvictedQos0 | Queued::Dropped | Queued::Full(_) => {
+                                self.broker.metrics.dropped_queue_full.inc();
+                            }
+                        }
                     }
                 }
                 Err(e) => debug!(error = %e, "could not read retained messages"),

@@ -27,6 +27,9 @@ pub use transport::Transport;
 /// Flush the write buffer once it holds this much, even mid-batch.
 const FLUSH_AT: usize = 64 * 1024;
 
+/// How long a write may block when the client has no keep-alive.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Why a connection ended.
 #[derive(Debug)]
 pub enum Exit {
@@ -121,7 +124,12 @@ pub async fn serve(
             client_topic_alias_maximum: accepted.client_topic_alias_maximum,
             inbound_aliases: HashMap::new(),
             outbound_aliases: HashMap::new(),
-            read_buf: accepted.leftover,
+            // The CONNECT was read into a large buffer; keep it only if more data followed.
+            read_buf: if accepted.leftover.is_empty() {
+                BytesMut::new()
+            } else {
+                accepted.leftover
+            },
             write_buf: accepted.out,
             batch: Vec::new(),
             last_packet: Instant::now(),
@@ -153,7 +161,7 @@ async fn refuse(broker: &Broker, transport: &mut Transport, refused: Refused) {
                 .await;
         }
     }
-    transport.close().await;
+    let _ = tokio::time::timeout(handshake::CLOSE_FLUSH_TIMEOUT, transport.close()).await;
 }
 
 fn connack_label(code: mqttbytes::v5::ConnectReturnCode) -> &'static str {
@@ -264,10 +272,19 @@ impl Connection {
         shutdown: &CancellationToken,
         kicked: &CancellationToken,
     ) -> Result<(), Exit> {
+        // A peer that stops reading is dropped after 1.5 × keep-alive (or a minute without
+        // keep-alive), as a peer that stops sending is.
+        let patience = match self.keep_alive {
+            0 => WRITE_TIMEOUT,
+            k => Duration::from_millis(u64::from(k) * 1500),
+        };
         let result = tokio::select! {
             r = transport.write_all(&self.write_buf) => r,
             _ = kicked.cancelled() => return Err(Exit::TakenOver),
             _ = shutdown.cancelled() => return Err(Exit::Shutdown),
+            _ = tokio::time::sleep(patience) => {
+                return Err(Exit::violation(DisconnectReasonCode::KeepAliveTimeout, "client stopped reading"));
+            }
         };
         self.broker
             .metrics
@@ -349,7 +366,7 @@ impl Connection {
             )
             .await;
         }
-        transport.close().await;
+        let _ = tokio::time::timeout(handshake::CLOSE_FLUSH_TIMEOUT, transport.close()).await;
         let will = match exit {
             Exit::ClientDisconnect { will } => will.then_some(()).and(self.will.take()),
             _ => self.will.take(),

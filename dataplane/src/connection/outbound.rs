@@ -21,32 +21,51 @@ impl Connection {
     pub(super) fn drain_mailbox(&mut self) {
         let session = self.claim.session.clone();
         let mut batch = std::mem::take(&mut self.batch);
+        let window = self.outbound_window();
         loop {
-            let window = usize::from(self.client_receive_maximum);
             let slots = window.saturating_sub(self.claim.state.inflight());
             let more = session.take_batch(&mut batch, BATCH, slots);
             let now = Instant::now();
-            for delivery in batch.drain(..) {
-                self.write_delivery(delivery, now);
+            let mut rest = batch.drain(..);
+            let mut stopped = false;
+            while let Some(delivery) = rest.next() {
+                if let Err(delivery) = self.write_delivery(delivery, now) {
+                    // No packet id free (one stays unacknowledged for a whole id cycle):
+                    // behave as a full window, keeping the order of what is left.
+                    session.requeue_front(std::iter::once(delivery).chain(rest).collect());
+                    stopped = true;
+                    break;
+                }
+                if self.write_buf.len() >= FLUSH_AT {
+                    // Flush first, then come back for the rest (in order).
+                    session.requeue_front(rest.collect());
+                    session.notify.notify_one();
+                    stopped = true;
+                    break;
+                }
             }
-            let window_open = self.claim.state.inflight() < window;
-            if !more || !window_open {
-                break;
-            }
-            if self.write_buf.len() >= FLUSH_AT {
-                // Flush first, then come back for the rest.
-                session.notify.notify_one();
+            if stopped || !more || self.claim.state.inflight() >= window {
                 break;
             }
         }
         self.batch = batch;
     }
 
-    fn write_delivery(&mut self, d: Delivery, now: Instant) {
+    /// QoS 1/2 messages in flight towards the client at most: its receive maximum, capped
+    /// by the hub's own so a client cannot make the hub hold 65 535 unacknowledged messages.
+    fn outbound_window(&self) -> usize {
+        usize::from(
+            self.client_receive_maximum
+                .min(self.broker.limits.receive_maximum),
+        )
+    }
+
+    /// Encodes one delivery; hands it back when no packet id is free.
+    fn write_delivery(&mut self, d: Delivery, now: Instant) -> Result<(), Delivery> {
         let metrics = &self.broker.metrics;
         if d.message.expired(now) {
             metrics.dropped_expired.inc();
-            return;
+            return Ok(());
         }
         let topic: &Arc<str> = &d.message.topic;
         let (alias, new_alias) = self.outgoing_alias(topic);
@@ -70,12 +89,11 @@ impl Connection {
         if publish_size(&out) > self.client_max_packet_size {
             // MQTT 5 3.1.2.11.4: too large for the client: discard as if delivered.
             metrics.dropped_too_large.inc();
-            return;
+            return Ok(());
         }
         if d.qos != QoS::AtMostOnce {
             let Some(pkid) = self.claim.state.next_packet_id() else {
-                self.claim.session.requeue_front(vec![d]);
-                return;
+                return Err(d);
             };
             out.pkid = pkid;
         }
@@ -91,6 +109,7 @@ impl Connection {
                 stage: Stage::Published(d),
             });
         }
+        Ok(())
     }
 
     /// The alias to use for `topic`, and whether it is new (sent with the topic).

@@ -34,10 +34,16 @@ impl Transport {
 
     /// Appends whatever is available to `buf`; 0 means the peer closed. Cancel-safe.
     pub async fn read(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        self.read_up_to(buf, READ_CHUNK).await
+    }
+
+    /// Like `read`, reserving only `chunk` bytes: a CONNECT is small, and a large buffer
+    /// per handshake inflates the memory of a connection storm.
+    pub async fn read_up_to(&mut self, buf: &mut BytesMut, chunk: usize) -> io::Result<usize> {
         match self {
             Self::Tcp(stream) => loop {
                 stream.readable().await?;
-                buf.reserve(READ_CHUNK);
+                buf.reserve(chunk);
                 match stream.try_read_buf(buf) {
                     Ok(n) => return Ok(n),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
@@ -45,7 +51,7 @@ impl Transport {
                 }
             },
             Self::Memory(pipe) => {
-                buf.reserve(READ_CHUNK);
+                buf.reserve(chunk);
                 pipe.read_buf(buf).await
             }
             Self::WebSocket(ws) => loop {

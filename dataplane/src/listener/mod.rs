@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -70,7 +71,13 @@ async fn serve_websocket(
     shutdown: CancellationToken,
 ) {
     let timeout = broker.limits.connect_timeout;
-    let upgrade = tokio_tungstenite::accept_hdr_async(stream, check_upgrade);
+    // Bound what tungstenite buffers to the MQTT packet limit (its defaults are 64 MiB).
+    let limit = broker.limits.max_packet_size.saturating_add(16);
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(limit))
+        .max_frame_size(Some(limit));
+    let upgrade =
+        tokio_tungstenite::accept_hdr_async_with_config(stream, check_upgrade, Some(config));
     let ws = match tokio::time::timeout(timeout, upgrade).await {
         Ok(Ok(ws)) => ws,
         Ok(Err(e)) => {
