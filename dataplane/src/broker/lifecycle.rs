@@ -202,17 +202,27 @@ impl Broker {
         };
         let broker = self.clone();
         let session = session.clone();
+        self.spawn_timer(token, delay, async move {
+            let will = session.control.lock().pending_will.take();
+            if let Some(will) = will {
+                broker.publish_will(will).await;
+            }
+        });
+    }
+
+    /// Runs `action` after `delay` unless `token` (a reconnect) or shutdown comes first.
+    fn spawn_timer(
+        &self,
+        token: CancellationToken,
+        delay: Duration,
+        action: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
         let shutdown = self.shutdown.clone();
         self.timers.spawn(async move {
             tokio::select! {
                 _ = token.cancelled() => {}
                 _ = shutdown.cancelled() => {}
-                _ = tokio::time::sleep(delay) => {
-                    let will = session.control.lock().pending_will.take();
-                    if let Some(will) = will {
-                        broker.publish_will(will).await;
-                    }
-                }
+                _ = tokio::time::sleep(delay) => action.await,
             }
         });
     }
@@ -234,15 +244,9 @@ impl Broker {
         };
         let broker = self.clone();
         let session = session.clone();
-        let shutdown = self.shutdown.clone();
-        self.timers.spawn(async move {
-            tokio::select! {
-                _ = token.cancelled() => {}
-                _ = shutdown.cancelled() => {}
-                _ = tokio::time::sleep(Duration::from_secs(u64::from(expiry))) => {
-                    broker.expire(&session, generation).await;
-                }
-            }
+        let delay = Duration::from_secs(u64::from(expiry));
+        self.spawn_timer(token, delay, async move {
+            broker.expire(&session, generation).await;
         });
     }
 
