@@ -23,7 +23,13 @@ export RUSTC_BOOTSTRAP=1
 export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-1}
 # The connection target writes inputs that leave a connection open here (hangs).
 export CMQ_FUZZ_HANG_DIR="$here/artifacts/$target/hangs"
+# libFuzzer's own per-input timeout; the connection harness reports hangs itself (2 s) and
+# gives up on a connection after 30 s.
+case "$target" in
+    connection) timeout=60 ;;
+    *) timeout=10 ;;
+esac
 # New corpus entries go to corpus/TARGET (ignored by git); seeds/TARGET is read only.
 exec nice -n "${NICE:-10}" cargo fuzz run --sanitizer "${SANITIZER:-address}" "$target" \
     "corpus/$target" "seeds/$target" -- \
-    -max_total_time="$seconds" -timeout=10 -print_final_stats=1 "$@"
+    -max_total_time="$seconds" -timeout="$timeout" -print_final_stats=1 "$@"

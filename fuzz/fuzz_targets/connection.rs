@@ -11,6 +11,8 @@
 //! persistent sessions carry over between inputs as they would in a long-running hub.
 //! A connection that has not ended 2 s after the client closed its side is a hang: it is
 //! logged to stderr (and written to `$CMQ_FUZZ_HANG_DIR` when set), not turned into a crash.
+//! The harness keeps waiting for it (up to 30 s, then cancels and aborts it) so that the
+//! broker's state stays what a real hub would have, and logs how long it took.
 
 #![no_main]
 
@@ -29,7 +31,10 @@ use tokio::runtime::Runtime;
 use tokio_util::sync::CancellationToken;
 
 const PIPE: usize = 64 * 1024;
+/// A connection still open this long after its client closed is reported as a hang...
 const HANG_AFTER: Duration = Duration::from_secs(2);
+/// ...and one still open after this is abandoned (cancelled and aborted), so the run goes on.
+const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
 
 /// CONNECT, MQTT 5, clean start, keep-alive 60, no properties, client id "fuzz".
 const CONNECT_V5: &[u8] = &[
@@ -88,9 +93,13 @@ async fn client(pipe: DuplexStream, input: Vec<u8>) {
     tokio::join!(write, read);
 }
 
-fn report_hang(data: &[u8]) {
+fn report_hang(data: &[u8], took: Option<Duration>) {
     let hex: String = data.iter().map(|b| format!("{b:02x}")).collect();
-    eprintln!("HANG: connection still open {HANG_AFTER:?} after client EOF; input hex: {hex}");
+    let took = match took {
+        Some(t) => format!("ended after {t:?}"),
+        None => format!("still open after {GIVE_UP_AFTER:?}, aborted"),
+    };
+    eprintln!("HANG: connection open over {HANG_AFTER:?} after client EOF ({took}); input hex: {hex}");
     if let Ok(dir) = std::env::var("CMQ_FUZZ_HANG_DIR") {
         let _ = std::fs::create_dir_all(&dir);
         let name = format!("hang-{:016x}", fnv1a(data));
@@ -137,6 +146,11 @@ fuzz_target!(|data: &[u8]| {
             )));
             clients.push(tokio::spawn(client(client_side, input)));
         }
+        let aborts: Vec<_> = clients
+            .iter()
+            .chain(servers.iter())
+            .map(|t| t.abort_handle())
+            .collect();
         let all = async {
             for task in clients.iter_mut().chain(servers.iter_mut()) {
                 if let Err(e) = task.await
@@ -146,16 +160,24 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
         };
-        let hung = tokio::time::timeout(HANG_AFTER, all).await.is_err();
-        if hung {
-            shutdown.cancel();
-            for task in clients.iter().chain(servers.iter()) {
-                task.abort();
-            }
+        let started = tokio::time::Instant::now();
+        tokio::pin!(all);
+        if tokio::time::timeout(HANG_AFTER, &mut all).await.is_ok() {
+            return None;
         }
-        hung
+        if tokio::time::timeout(GIVE_UP_AFTER - HANG_AFTER, &mut all)
+            .await
+            .is_ok()
+        {
+            return Some(Some(started.elapsed()));
+        }
+        shutdown.cancel();
+        for task in aborts {
+            task.abort();
+        }
+        Some(None)
     });
-    if hung {
-        report_hang(data);
+    if let Some(took) = hung {
+        report_hang(data, took);
     }
 });
