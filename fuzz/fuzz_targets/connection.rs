@@ -38,18 +38,18 @@ const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
 
 /// CONNECT, MQTT 5, clean start, keep-alive 60, no properties, client id "fuzz".
 const CONNECT_V5: &[u8] = &[
-    0x10, 0x11, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x05, 0x02, 0x00, 0x3c, 0x00, 0x00, 0x04,
-    b'f', b'u', b'z', b'z',
+    0x10, 0x11, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x05, 0x02, 0x00, 0x3c, 0x00, 0x00, 0x04, b'f',
+    b'u', b'z', b'z',
 ];
 /// CONNECT, MQTT 3.1.1, clean session, keep-alive 60, client id "fuzz".
 const CONNECT_V311: &[u8] = &[
-    0x10, 0x10, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x3c, 0x00, 0x04, b'f',
-    b'u', b'z', b'z',
+    0x10, 0x10, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x3c, 0x00, 0x04, b'f', b'u',
+    b'z', b'z',
 ];
 /// CONNECT, MQTT 3.1 (`MQIsdp`), clean session, keep-alive 60, client id "fuzz".
 const CONNECT_V31: &[u8] = &[
-    0x10, 0x12, 0x00, 0x06, b'M', b'Q', b'I', b's', b'd', b'p', 0x03, 0x02, 0x00, 0x3c, 0x00,
-    0x04, b'f', b'u', b'z', b'z',
+    0x10, 0x12, 0x00, 0x06, b'M', b'Q', b'I', b's', b'd', b'p', 0x03, 0x02, 0x00, 0x3c, 0x00, 0x04,
+    b'f', b'u', b'z', b'z',
 ];
 
 struct Harness {
@@ -99,7 +99,9 @@ fn report_hang(data: &[u8], took: Option<Duration>) {
         Some(t) => format!("ended after {t:?}"),
         None => format!("still open after {GIVE_UP_AFTER:?}, aborted"),
     };
-    eprintln!("HANG: connection open over {HANG_AFTER:?} after client EOF ({took}); input hex: {hex}");
+    eprintln!(
+        "HANG: connection open over {HANG_AFTER:?} after client EOF ({took}); input hex: {hex}"
+    );
     if let Ok(dir) = std::env::var("CMQ_FUZZ_HANG_DIR") {
         let _ = std::fs::create_dir_all(&dir);
         let name = format!("hang-{:016x}", fnv1a(data));

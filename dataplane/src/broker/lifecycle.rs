@@ -140,6 +140,10 @@ impl Broker {
             }
             owner
         };
+        if still_owner {
+            // Publishers waiting for room in this queue stop waiting: nobody drains it now.
+            session.space.notify_waiters();
+        }
         // Everything below runs before the state lock is released, so a reconnect sees the
         // will and timers this connection leaves behind (and cancels them).
         if !still_owner {
