@@ -52,14 +52,21 @@ pub async fn run(
         let _ = stream.set_nodelay(true);
         let broker = broker.clone();
         let shutdown = shutdown.clone();
-        tasks.spawn(async move {
-            match kind {
-                ListenerKind::Mqtt => {
-                    connection::serve(broker, Transport::Tcp(stream), peer, shutdown).await;
-                }
-                ListenerKind::WebSocket => serve_websocket(broker, stream, peer, shutdown).await,
+        // Two spawns rather than one `match` inside a task: a task is as large as its largest
+        // branch, and the WebSocket handshake would make every TCP connection pay for it.
+        match kind {
+            ListenerKind::Mqtt => {
+                tasks.spawn(connection::serve(
+                    broker,
+                    Transport::Tcp(stream),
+                    peer,
+                    shutdown,
+                ));
             }
-        });
+            ListenerKind::WebSocket => {
+                tasks.spawn(serve_websocket(broker, stream, peer, shutdown));
+            }
+        }
     }
     info!(?addr, "listener stopped");
 }
