@@ -443,3 +443,21 @@ async fn a_message_left_unacknowledged_keeps_its_packet_id_while_others_cycle() 
     assert!(matches!(sub.recv().await, Some(Packet::PingResp)));
     drop(publisher.await.unwrap());
 }
+
+#[tokio::test]
+async fn dup_on_qos0_and_subscription_id_from_a_client_are_refused() {
+    let hub = start(Limits::default()).await;
+    let mut c = Raw::connect(&hub, "dup0", None).await;
+    // PUBLISH QoS 0 with DUP: 0x38, topic "a", payload "x".
+    c.send_bytes(&[0x38, 0x05, 0x00, 0x01, b'a', 0x00, b'x'])
+        .await;
+    c.expect_disconnect(v5::DisconnectReasonCode::MalformedPacket)
+        .await;
+
+    let mut c = Raw::connect(&hub, "subid", None).await;
+    // PUBLISH QoS 0, topic "a", properties: subscription identifier 5.
+    c.send_bytes(&[0x30, 0x07, 0x00, 0x01, b'a', 0x02, 0x0B, 0x05, b'x'])
+        .await;
+    c.expect_disconnect(v5::DisconnectReasonCode::ProtocolError)
+        .await;
+}

@@ -80,6 +80,21 @@ impl Connection {
     async fn on_publish(&mut self, p: Publish) -> Result<(), Exit> {
         let metrics = &self.broker.metrics;
         metrics.received[p.qos as usize].inc();
+        if p.qos == QoS::AtMostOnce && p.dup {
+            return Err(Exit::violation(
+                Dr::MalformedPacket,
+                "DUP set on a QoS 0 PUBLISH",
+            ));
+        }
+        if p.properties
+            .as_ref()
+            .is_some_and(|pp| !pp.subscription_identifiers.is_empty())
+        {
+            return Err(Exit::violation(
+                Dr::ProtocolError,
+                "subscription identifier in a PUBLISH from a client",
+            ));
+        }
         let topic = self.resolve_topic(&p)?;
         if let Err(e) = cmq_topic::validate_name(&topic, &self.broker.limits.topic) {
             let wildcard = matches!(
