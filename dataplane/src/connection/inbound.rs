@@ -164,7 +164,12 @@ impl Connection {
             expires_at,
             origin: Some(self.claim.session.id),
         });
-        let result = self.broker.publish(message).await;
+        // Publishing may wait for room in a subscriber's queue; a takeover must not wait
+        // for that (the message is unacknowledged, so the client sends it again).
+        let result = tokio::select! {
+            r = self.broker.publish(message) => r,
+            _ = self.claim.kicked.cancelled() => return Err(Exit::TakenOver),
+        };
         if let Err(e) = &result {
             debug!(error = %e, "publish not accepted");
         }
