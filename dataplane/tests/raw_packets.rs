@@ -461,3 +461,18 @@ async fn dup_on_qos0_and_subscription_id_from_a_client_are_refused() {
     c.expect_disconnect(v5::DisconnectReasonCode::ProtocolError)
         .await;
 }
+
+#[tokio::test]
+async fn a_connection_task_stays_small() {
+    // Every connection is one task of this size; idle fleets are mostly this.
+    let broker = Broker::new(Limits::default(), State::memory(), Arc::new(Metrics::new()));
+    let (a, _b) = tokio::io::duplex(10);
+    let task = cmq::connection::serve(
+        broker,
+        cmq::connection::Transport::Memory(a),
+        "127.0.0.1:1".parse().unwrap(),
+        CancellationToken::new(),
+    );
+    let size = std::mem::size_of_val(&task);
+    assert!(size <= 2048, "connection task grew to {size} bytes");
+}

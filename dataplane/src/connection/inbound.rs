@@ -54,7 +54,9 @@ impl Connection {
                 self.send(Packet::PubComp(comp));
                 Ok(())
             }
-            Packet::Subscribe(s) => self.on_subscribe(s).await,
+            // Boxed: SUBSCRIBE is rare and its future (retained lookup) is large; inline it
+            // would make every connection's task bigger.
+            Packet::Subscribe(s) => Box::pin(self.on_subscribe(s)).await,
             Packet::Unsubscribe(u) => {
                 self.on_unsubscribe(u);
                 Ok(())

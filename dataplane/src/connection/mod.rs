@@ -99,8 +99,10 @@ pub async fn serve(
 ) {
     let span = info_span!("connection", %peer, transport = transport.kind(), client_id = tracing::field::Empty, protocol = tracing::field::Empty);
     async move {
+        // Boxed: the handshake's state (session claim, CONNACK) is larger than the steady
+        // state of a connection, and a task is as large as its largest await point.
         let accepted = tokio::select! {
-            r = handshake(&broker, &mut transport) => r,
+            r = Box::pin(handshake(&broker, &mut transport)) => r,
             _ = shutdown.cancelled() => return,
         };
         let accepted = match accepted {
@@ -137,7 +139,7 @@ pub async fn serve(
             input_pending: false,
         };
         let exit = conn.run(&mut transport, &shutdown).await;
-        conn.finish(&mut transport, exit).await;
+        Box::pin(conn.finish(&mut transport, exit)).await;
     }
     .instrument(span)
     .await
@@ -206,7 +208,7 @@ impl Connection {
     async fn run(&mut self, transport: &mut Transport, shutdown: &CancellationToken) -> Exit {
         self.resend_inflight();
         // Data that arrived together with CONNECT.
-        if let Err(exit) = self.process_input().await {
+        if let Err(exit) = Box::pin(self.process_input()).await {
             return exit;
         }
         self.drain_mailbox();
@@ -222,7 +224,7 @@ impl Connection {
                 }
                 if self.input_pending {
                     // A read burst stopped at the flush threshold: finish it first.
-                    if let Err(exit) = self.process_input().await {
+                    if let Err(exit) = Box::pin(self.process_input()).await {
                         return exit;
                     }
                     self.drain_mailbox();
@@ -239,7 +241,7 @@ impl Connection {
                         Ok(n) => {
                             self.broker.metrics.bytes_received.inc_by(n as u64);
                             self.last_packet = Instant::now();
-                            if let Err(exit) = self.process_input().await {
+                            if let Err(exit) = Box::pin(self.process_input()).await {
                                 return exit;
                             }
                             if self.read_buf.is_empty() {

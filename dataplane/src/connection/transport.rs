@@ -46,7 +46,14 @@ impl Transport {
                 buf.reserve(chunk);
                 match stream.try_read_buf(buf) {
                     Ok(n) => return Ok(n),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        // Readiness was stale (it stays set until a read would block): don't
+                        // park an idle connection holding the buffer reserved for nothing.
+                        if buf.is_empty() {
+                            *buf = BytesMut::new();
+                        }
+                        continue;
+                    }
                     Err(e) => return Err(e),
                 }
             },
