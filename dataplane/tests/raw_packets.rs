@@ -476,3 +476,39 @@ async fn a_connection_task_stays_small() {
     let size = std::mem::size_of_val(&task);
     assert!(size <= 2048, "connection task grew to {size} bytes");
 }
+
+#[tokio::test]
+async fn disconnect_may_keep_a_session_expiry_the_hub_capped_to_zero() {
+    let hub = start(Limits {
+        max_session_expiry: 0,
+        ..Limits::default()
+    })
+    .await;
+    let props = v5::ConnectProperties {
+        session_expiry_interval: Some(60),
+        receive_maximum: None,
+        max_packet_size: None,
+        topic_alias_max: None,
+        request_response_info: None,
+        request_problem_info: None,
+        user_properties: vec![],
+        authentication_method: None,
+        authentication_data: None,
+    };
+    let mut c = Raw::connect(&hub, "capped", Some(props)).await;
+    let mut d = v5::Disconnect::new();
+    d.properties = Some(v5::DisconnectProperties {
+        session_expiry_interval: Some(30),
+        reason_string: None,
+        user_properties: vec![],
+        server_reference: None,
+    });
+    c.send(Packet::Disconnect(d)).await;
+    // CONNECT asked for a non-zero expiry, so this is legal: a plain close, no 0x82.
+    assert!(c.recv().await.is_none());
+    let metrics = hub.broker.metrics.render();
+    assert!(
+        metrics.contains("cmq_hub_disconnects_total{cause=\"client_disconnect\"} 1"),
+        "{metrics}"
+    );
+}

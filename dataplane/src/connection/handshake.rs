@@ -21,6 +21,8 @@ pub struct Accepted<'a> {
     pub will: Option<Will>,
     /// Effective keep-alive (0 = none).
     pub keep_alive: u16,
+    /// Whether CONNECT asked for session expiry 0 (DISCONNECT may then not raise it).
+    pub connect_expiry_zero: bool,
     pub client_receive_maximum: u16,
     pub client_max_packet_size: usize,
     pub client_topic_alias_maximum: u16,
@@ -204,6 +206,7 @@ async fn accept<'a>(
         client_id,
         will: connect.last_will.map(Will::from_connect),
         keep_alive,
+        connect_expiry_zero: requested_expiry == 0,
         client_receive_maximum: p.and_then(|p| p.receive_maximum).unwrap_or(u16::MAX).max(1),
         client_max_packet_size: p
             .and_then(|p| p.max_packet_size)

@@ -338,7 +338,8 @@ impl Connection {
             .as_ref()
             .and_then(|p| p.session_expiry_interval);
         if let Some(expiry) = requested {
-            if self.claim.state.expiry_interval == 0 && expiry != 0 {
+            // MQTT 5 3.14.2.2.2: judged on what CONNECT asked, not on what the hub granted.
+            if self.connect_expiry_zero && expiry != 0 {
                 return Err(Exit::violation(
                     Dr::ProtocolError,
                     "session expiry set on DISCONNECT after CONNECT had 0",
