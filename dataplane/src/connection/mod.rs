@@ -209,7 +209,9 @@ pub(crate) struct Connection {
 impl Connection {
     async fn run(&mut self, transport: &mut Transport, shutdown: &CancellationToken) -> Exit {
         self.resend_inflight();
-        // Data that arrived together with CONNECT.
+        // Data that arrived together with CONNECT. `process_input` is boxed at every call:
+        // its future (publish, backpressure wait) would otherwise double the size of every
+        // connection's task, idle ones included (one allocation per read wake-up instead).
         if let Err(exit) = Box::pin(self.process_input()).await {
             return exit;
         }
