@@ -9,5 +9,5 @@ pub mod connection;
 pub mod listener;
 pub mod manifests;
 pub mod metrics;
-pub mod standalone;
+pub mod server;
 pub mod state;

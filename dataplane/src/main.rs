@@ -17,7 +17,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run hub and dispatch in one process with in-memory state.
-    Standalone(cmq::standalone::StandaloneArgs),
+    Standalone(cmq::server::StandaloneArgs),
+    /// Run a hub of a cluster: state shared with the other hubs over NATS JetStream.
+    Hub(cmq::server::ClusterHubArgs),
     /// Load-test an MQTT broker (CMQ or any other).
     Bench(cmq_loadgen::BenchArgs),
 }
@@ -35,7 +37,13 @@ fn main() -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(cmq::standalone::run(args))
+            runtime.block_on(cmq::server::run_standalone(args))
+        }
+        Command::Hub(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(cmq::server::run_cluster_hub(args))
         }
         Command::Bench(args) => cmq_loadgen::run_blocking(args).map(|_| ()),
     }

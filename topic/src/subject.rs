@@ -48,6 +48,15 @@ fn push_level(out: &mut String, level: &str) {
     }
 }
 
+/// Escapes any string into one NATS token that is also a legal KV key (client ids, group
+/// names): the per-level escape of the topic mapping, applied to the whole string, so '/'
+/// and '.' are escaped too.
+pub fn escape_token(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 4);
+    push_level(&mut out, text);
+    out
+}
+
 /// Maps an MQTT topic name to a NATS subject suffix (the caller prepends its
 /// prefix, such as `cmq.c1.t.`). Total and lossless; see the module docs.
 pub fn topic_to_subject(topic: &str) -> String {

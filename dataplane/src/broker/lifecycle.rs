@@ -9,9 +9,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::Broker;
+use super::cluster::ReplayPlan;
 use super::session::{Session, SessionState};
 use super::will::Will;
-use crate::state::SessionRecord;
+use crate::state::{SessionRecord, StateError};
 
 /// How long a takeover waits for the previous connection to let go of the session.
 const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -26,6 +27,8 @@ pub struct Claim {
     pub generation: u64,
     /// Cancelled when another connection takes the session over.
     pub kicked: CancellationToken,
+    /// Cluster mode: stored messages to catch up on once the connection runs.
+    pub replay: Option<Box<ReplayPlan>>,
 }
 
 /// Why a session could not be claimed.
@@ -35,6 +38,8 @@ pub enum ClaimError {
     TakeoverTimeout(String),
     #[error("a newer connection of client {0} claimed the session first")]
     Superseded(String),
+    #[error("the session store refused the claim: {0}")]
+    State(#[from] StateError),
 }
 
 impl Broker {
@@ -100,9 +105,23 @@ impl Broker {
                 control.pending_will.take()
             };
             let mut present = state.established && !clean_start;
-            if clean_start {
-                self.forget_record(client_id).await;
-            }
+            let record = match self.state.sessions.claim(client_id, clean_start).await {
+                Ok(record) => record,
+                Err(e) => {
+                    let mut control = session.control.lock();
+                    if control.generation == generation {
+                        control.connected = false;
+                        control.kick = None;
+                        session.set_online(false);
+                    }
+                    drop(control);
+                    if created {
+                        session.control.lock().ended = true;
+                        self.forget(&session);
+                    }
+                    return Err(ClaimError::State(e));
+                }
+            };
             if clean_start && state.established {
                 self.reset_session(&session, &mut state);
                 if let Some(will) = pending_will {
@@ -110,16 +129,23 @@ impl Broker {
                     self.publish_will(will).await;
                 }
             }
-            if created && !clean_start {
-                present |= self.restore_session(&session, &mut state, client_id).await;
+            let resumed = record.filter(|_| created && !clean_start);
+            if let Some(record) = &resumed {
+                self.restore_session(&session, &mut state, record);
+                present = true;
             }
-            return Ok(Claim {
+            let mut claim = Claim {
                 session,
                 state,
                 present,
                 generation,
                 kicked,
-            });
+                replay: None,
+            };
+            if self.is_cluster() {
+                self.start_tracking(&mut claim, resumed.as_ref());
+            }
+            return Ok(claim);
         }
     }
 
@@ -129,8 +155,9 @@ impl Broker {
         let session = claim.session.clone();
         let expiry = claim.state.expiry_interval;
         claim.state.established = true;
-        let still_owner = {
+        let (still_owner, remote_takeover) = {
             let mut control = session.control.lock();
+            let remote = std::mem::take(&mut control.remote_takeover);
             // Nobody connected means a takeover gave up waiting for us: we are the owner.
             let owner = control.generation == claim.generation || !control.connected;
             if owner {
@@ -138,7 +165,7 @@ impl Broker {
                 control.kick = None;
                 session.set_online(false);
             }
-            owner
+            (owner, remote)
         };
         if still_owner {
             // Publishers waiting for room in this queue stop waiting: nobody drains it now.
@@ -153,6 +180,10 @@ impl Broker {
                 self.reset_session(&session, &mut claim.state);
             }
             self.schedule_will(&session, will, expiry).await;
+            return;
+        }
+        if expiry != 0 && self.is_cluster() {
+            self.release_shared(claim, will, remote_takeover).await;
             return;
         }
         if expiry == 0 {
@@ -173,6 +204,7 @@ impl Broker {
                 .map(|(f, o)| (f.clone(), *o))
                 .collect(),
             expiry_interval: expiry,
+            ..SessionRecord::default()
         };
         if let Err(e) = self.state.sessions.save(record).await {
             warn!(client_id = %session.client_id, error = %e, "could not save the session record");
@@ -215,7 +247,7 @@ impl Broker {
     }
 
     /// Runs `action` after `delay` unless `token` (a reconnect) or shutdown comes first.
-    fn spawn_timer(
+    pub(super) fn spawn_timer(
         &self,
         token: CancellationToken,
         delay: Duration,
@@ -309,7 +341,7 @@ impl Broker {
     }
 
     /// Removes an ended session from the registry (if it is still the registered one).
-    fn forget(&self, session: &Arc<Session>) {
+    pub(super) fn forget(&self, session: &Arc<Session>) {
         let mut registry = self.registry.lock();
         if registry
             .get(&*session.client_id)
@@ -330,35 +362,25 @@ impl Broker {
     }
 
     /// Ends a session for good.
-    fn end_session(&self, session: &Arc<Session>, state: &mut SessionState) {
+    pub(super) fn end_session(&self, session: &Arc<Session>, state: &mut SessionState) {
         self.reset_session(session, state);
         session.control.lock().ended = true;
         self.forget(session);
     }
 
-    /// Restores subscriptions from the session store for a session this hub did not hold.
-    async fn restore_session(
+    /// Restores the subscriptions of a stored session this hub did not hold.
+    fn restore_session(
         &self,
         session: &Arc<Session>,
         state: &mut SessionState,
-        client_id: &str,
-    ) -> bool {
-        match self.state.sessions.load(client_id).await {
-            Ok(Some(record)) => {
-                for (filter, options) in record.subscriptions {
-                    if self.subscribe(session, &filter, options).is_ok() {
-                        state.subscriptions.insert(filter, options);
-                    }
-                }
-                state.expiry_interval = record.expiry_interval;
-                state.established = true;
-                true
-            }
-            Ok(None) => false,
-            Err(e) => {
-                warn!(client_id, error = %e, "could not load the session record");
-                false
+        record: &SessionRecord,
+    ) {
+        for (filter, options) in &record.subscriptions {
+            if self.subscribe(session, filter, *options).is_ok() {
+                state.subscriptions.insert(filter.clone(), *options);
             }
         }
+        state.expiry_interval = record.expiry_interval;
+        state.established = true;
     }
 }

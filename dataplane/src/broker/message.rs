@@ -25,7 +25,24 @@ pub struct Message {
     /// When the message expires (MQTT 5 message expiry interval).
     pub expires_at: Option<Instant>,
     /// The publishing session, for no-local; `None` for wills and internal messages.
-    pub origin: Option<SessionId>,
+    pub origin: Option<Origin>,
+    /// Where the cluster stored it (QoS 1/2 in cluster mode), for session cursors.
+    pub stored: Option<StreamPos>,
+}
+
+/// Who published a message.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    /// The publishing session on this hub (0 when it is on another hub).
+    pub session: SessionId,
+    pub client_id: Arc<str>,
+}
+
+/// A message's place in the cluster's message streams: shard and stream sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StreamPos {
+    pub shard: u16,
+    pub seq: u64,
 }
 
 impl Message {

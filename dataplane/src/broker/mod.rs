@@ -1,6 +1,7 @@
 //! The hub's broker core: the session registry, the subscription index and routing, shared
 //! by every connection task of the hub.
 
+mod cluster;
 mod lifecycle;
 pub mod message;
 pub mod session;
@@ -19,8 +20,9 @@ use crate::config::Limits;
 use crate::metrics::Metrics;
 use crate::state::{State, StateError};
 
+pub use cluster::ReplayPlan;
 pub use lifecycle::{Claim, ClaimError};
-pub use message::{Delivery, Message, SessionId, SubOptions};
+pub use message::{Delivery, Message, Origin, SessionId, StreamPos, SubOptions};
 pub use session::{Inflight, Queued, Session, SessionState, Stage};
 pub use subscriptions::SubscribeError;
 pub use will::Will;
@@ -87,9 +89,23 @@ impl Broker {
                 .set(self.state.retained.count() as i64);
         }
         let mut blocked = subscriptions::Blocked::new();
-        let delivered = self.route(&message, &mut blocked);
+        let delivered = if !self.state.bus.stores_messages() {
+            self.route(&message, &mut blocked)
+        } else if message.qos == mqttbytes::QoS::AtMostOnce {
+            // Cluster mode: QoS 0 goes to local subscribers now and to other hubs by NATS;
+            // shared groups are served by NATS queue groups (the chosen member may be here).
+            self.route_direct(&message, None, &mut blocked)
+        } else {
+            // Cluster mode, QoS 1/2: stored first; every hub, this one included, delivers
+            // the stored copy, so each delivery has a stream position for the cursors.
+            0
+        };
         for (session, delivery) in blocked {
-            if Some(session.id) == message.origin {
+            if message
+                .origin
+                .as_ref()
+                .is_some_and(|o| o.session == session.id)
+            {
                 // The publisher's own queue: its connection drains it only after this
                 // publish, so waiting would only stall it. Count the overflow instead.
                 self.metrics.dropped_queue_full.inc();

@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::message::{Delivery, SessionId, SubOptions};
+use super::message::{Delivery, SessionId, StreamPos, SubOptions};
 
 /// Result of queueing a delivery.
 #[derive(Debug)]
@@ -49,6 +49,27 @@ pub struct Session {
     /// A publisher waited in vain for room: further overflow is dropped at once until the
     /// connection takes messages again, so one stuck subscriber cannot stall publishers.
     stalled: AtomicBool,
+    /// Cluster mode: which stored messages the session got (boxed: standalone has none).
+    pub tracking: Mutex<Option<Box<Tracking>>>,
+}
+
+/// Which stored messages a session got, for its cursors (cluster mode). Messages from
+/// different filters may arrive out of stream order, so a position only settles into the
+/// cursor one checkpoint tick after it was queued; until then it is listed as delivered.
+#[derive(Debug, Default)]
+pub struct Tracking {
+    /// Per shard: every matching stored message at or below it was delivered.
+    pub cursors: Vec<u64>,
+    /// Positions queued since the last tick, and in the tick before.
+    pub recent: Vec<StreamPos>,
+    pub older: Vec<StreamPos>,
+    /// A replay from the cursors runs: live stored messages wait in `buffer`.
+    pub replaying: bool,
+    pub buffer: Vec<Delivery>,
+    /// The buffer overflowed: the replay must run again from where it got.
+    pub overflowed: bool,
+    /// Something changed since the last checkpoint.
+    pub dirty: bool,
 }
 
 /// Who currently owns the session, and its pending timers.
@@ -66,6 +87,8 @@ pub struct Control {
     pub ended: bool,
     /// The will of the last connection, waiting for its delay (or the session end).
     pub pending_will: Option<super::will::Will>,
+    /// The connection was closed because another hub took the session over.
+    pub remote_takeover: bool,
 }
 
 /// Everything about a session that survives a reconnect.
@@ -160,6 +183,7 @@ impl Session {
             control: Mutex::new(Control::default()),
             online: AtomicBool::new(false),
             stalled: AtomicBool::new(false),
+            tracking: Mutex::new(None),
         }
     }
 
@@ -168,6 +192,42 @@ impl Session {
     /// no room is handed back (`Full`) when the session is connected, so its publisher can
     /// wait, and dropped when it is not.
     pub fn push(&self, delivery: Delivery) -> Queued {
+        let Some(pos) = delivery.message.stored else {
+            return self.enqueue(delivery);
+        };
+        {
+            let mut tracking = self.tracking.lock();
+            if let Some(t) = tracking.as_mut().filter(|t| t.replaying) {
+                if t.buffer.len() >= self.max_queued.saturating_mul(4) {
+                    t.overflowed = true;
+                    t.buffer.clear();
+                } else {
+                    t.buffer.push(delivery);
+                }
+                return Queued::Yes;
+            }
+        }
+        self.push_tracked(delivery, pos)
+    }
+
+    /// Queues a stored message and records its position (bypassing the replay buffer).
+    pub fn push_tracked(&self, delivery: Delivery, pos: StreamPos) -> Queued {
+        let outcome = self.enqueue(delivery);
+        if matches!(outcome, Queued::Yes | Queued::EvictedQos0)
+            && let Some(t) = self.tracking.lock().as_mut()
+        {
+            t.recent.push(pos);
+            t.dirty = true;
+        }
+        outcome
+    }
+
+    /// Positions of the stored messages still queued.
+    pub fn queued_positions(&self, out: &mut Vec<StreamPos>) {
+        out.extend(self.mailbox.lock().iter().filter_map(|d| d.message.stored));
+    }
+
+    fn enqueue(&self, delivery: Delivery) -> Queued {
         let mut queue = self.mailbox.lock();
         let mut outcome = Queued::Yes;
         if queue.len() >= self.max_queued {

@@ -143,13 +143,32 @@ impl Broker {
     /// the highest QoS and every subscription id of its matching subscriptions (MQTT 5
     /// 3.3.4), and one copy per shared group. Returns the number of sessions reached.
     pub(super) fn route(&self, message: &Arc<Message>, blocked: &mut Blocked) -> usize {
+        self.route_direct(message, None, blocked) + self.route_shared(message, blocked)
+    }
+
+    /// Delivers to the direct (not shared) subscribers. With `via`, the message came from
+    /// the cluster through the subscription of that filter, and NATS sends one copy per
+    /// matching filter of this hub: only the copy of the smallest matching filter is
+    /// routed, so each session gets one.
+    pub(super) fn route_direct(
+        &self,
+        message: &Arc<Message>,
+        via: Option<&str>,
+        blocked: &mut Blocked,
+    ) -> usize {
         let subs = self.subscriptions.read();
         let mut hits: SmallVec<[(SessionId, &Subscriber); 16]> = SmallVec::new();
         let mut last_filter: *const u8 = std::ptr::null();
         let mut filters = 0usize;
+        let mut smallest: Option<&str> = None;
         subs.direct
             .for_each_match(&message.topic, |filter, sid, sub| {
-                if sub.options.no_local && message.origin == Some(*sid) {
+                if via.is_some() && smallest.is_none_or(|s| filter < s) {
+                    smallest = Some(filter);
+                }
+                if sub.options.no_local
+                    && message.origin.as_ref().is_some_and(|o| o.session == *sid)
+                {
                     return;
                 }
                 if !std::ptr::eq(filter.as_ptr(), last_filter) {
@@ -158,6 +177,9 @@ impl Broker {
                 }
                 hits.push((*sid, sub));
             });
+        if via.is_some() && smallest != via {
+            return 0;
+        }
         let mut reached = 0;
         if filters <= 1 {
             // One filter: its keys are unique, nothing to merge (the common case).
@@ -183,6 +205,13 @@ impl Broker {
                 reached += self.deliver(run[0].1, message, options, ids, blocked);
             }
         }
+        reached
+    }
+
+    /// Delivers to one member of each matching shared group.
+    fn route_shared(&self, message: &Arc<Message>, blocked: &mut Blocked) -> usize {
+        let subs = self.subscriptions.read();
+        let mut reached = 0;
         subs.shared.for_each_match(&message.topic, |_, _, group| {
             if let Some(sub) = group.pick() {
                 let ids = sub_ids(sub.options.subscription_id);
@@ -190,6 +219,24 @@ impl Broker {
             }
         });
         reached
+    }
+
+    /// Delivers to one member of the shared group `group` of `filter` (chosen for this hub by
+    /// the cluster).
+    pub(super) fn route_shared_group(
+        &self,
+        message: &Arc<Message>,
+        filter: &str,
+        group: &str,
+        blocked: &mut Blocked,
+    ) -> usize {
+        let subs = self.subscriptions.read();
+        let group: Arc<str> = Arc::from(group);
+        let Some(member) = subs.shared.get(filter, &group).and_then(SharedGroup::pick) else {
+            return 0;
+        };
+        let ids = sub_ids(member.options.subscription_id);
+        self.deliver(member, message, member.options, ids, blocked)
     }
 
     fn deliver(

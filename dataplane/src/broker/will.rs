@@ -63,6 +63,7 @@ impl Will {
             properties: self.properties,
             expires_at: Message::expiry_from(self.expiry_interval, now),
             origin: None,
+            stored: None,
         })
     }
 }

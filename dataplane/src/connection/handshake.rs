@@ -167,7 +167,11 @@ async fn accept<'a>(
         Ok(c) => c,
         Err(e) => {
             info!(client_id = %client_id, error = %e, "refusing connection");
-            return reject(ConnectReturnCode::ServerBusy);
+            let code = match e {
+                crate::broker::ClaimError::State(_) => ConnectReturnCode::ServerUnavailable,
+                _ => ConnectReturnCode::ServerBusy,
+            };
+            return reject(code);
         }
     };
     claim.state.expiry_interval = expiry;

@@ -10,11 +10,12 @@ use mqttbytes::v5::{
     PubRecReason, PubRel, PubRelReason, Publish, RetainForwardRule, SubAck, Subscribe,
     SubscribeReasonCode, UnsubAck, UnsubAckReason, Unsubscribe,
 };
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::{Connection, Exit};
-use crate::broker::{Message, Queued, SubOptions, SubscribeError};
+use crate::broker::{Message, Origin, Queued, SubOptions, SubscribeError};
 use crate::codec;
+use crate::state::StateError;
 
 impl Connection {
     pub(super) async fn handle(&mut self, packet: Packet) -> Result<(), Exit> {
@@ -57,10 +58,7 @@ impl Connection {
             // Boxed: SUBSCRIBE is rare and its future (retained lookup) is large; inline it
             // would make every connection's task bigger.
             Packet::Subscribe(s) => Box::pin(self.on_subscribe(s)).await,
-            Packet::Unsubscribe(u) => {
-                self.on_unsubscribe(u);
-                Ok(())
-            }
+            Packet::Unsubscribe(u) => Box::pin(self.on_unsubscribe(u)).await,
             Packet::PingReq => {
                 self.send(Packet::PingResp);
                 Ok(())
@@ -164,7 +162,11 @@ impl Connection {
             retain: p.retain,
             properties,
             expires_at,
-            origin: Some(self.claim.session.id),
+            origin: Some(Origin {
+                session: self.claim.session.id,
+                client_id: self.claim.session.client_id.clone(),
+            }),
+            stored: None,
         });
         // Publishing may wait for room in a subscriber's queue; a takeover must not wait
         // for that (the message is unacknowledged, so the client sends it again).
@@ -292,6 +294,7 @@ impl Connection {
                 }
             }
         }
+        self.subscriptions_changed().await?;
         self.send(Packet::SubAck(SubAck::new(s.pkid, codes)));
         for (filter, options) in retained {
             match self.broker.retained_for(&filter, options).await {
@@ -314,7 +317,27 @@ impl Connection {
         Ok(())
     }
 
-    fn on_unsubscribe(&mut self, u: Unsubscribe) {
+    /// Cluster mode: before SUBACK/UNSUBACK, the subscriptions are in force on NATS (so a
+    /// message published right after SUBACK from another hub arrives) and a persistent
+    /// session's record has them (so another hub resumes them if this one dies).
+    async fn subscriptions_changed(&mut self) -> Result<(), Exit> {
+        if !self.broker.is_cluster() {
+            return Ok(());
+        }
+        if let Err(e) = self.broker.state.bus.sync_interest().await {
+            warn!(error = %e, "subscriptions not confirmed by NATS");
+        }
+        match self.broker.checkpoint(&self.claim).await {
+            Ok(()) => Ok(()),
+            Err(StateError::Fenced(_)) => Err(Exit::TakenOver),
+            Err(e) => {
+                warn!(error = %e, "could not save the session's subscriptions");
+                Ok(())
+            }
+        }
+    }
+
+    async fn on_unsubscribe(&mut self, u: Unsubscribe) -> Result<(), Exit> {
         let mut reasons = Vec::with_capacity(u.filters.len());
         for filter in &u.filters {
             let had = self.claim.state.subscriptions.remove(filter).is_some();
@@ -327,9 +350,11 @@ impl Connection {
                 UnsubAckReason::NoSubscriptionExisted
             });
         }
+        self.subscriptions_changed().await?;
         let mut ack = UnsubAck::new(u.pkid);
         ack.reasons = reasons;
         self.send(Packet::UnsubAck(ack));
+        Ok(())
     }
 
     fn on_disconnect(&mut self, d: mqttbytes::v5::Disconnect) -> Result<(), Exit> {

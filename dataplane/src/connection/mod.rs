@@ -27,6 +27,11 @@ pub use transport::Transport;
 /// Flush the write buffer once it holds this much, even mid-batch.
 const FLUSH_AT: usize = 64 * 1024;
 
+/// Cluster mode: how often a session's cursors advance, and how many ticks between
+/// checkpoints of a persistent session's record.
+const TRACKING_TICK: Duration = Duration::from_secs(1);
+const CHECKPOINT_TICKS: u32 = 2;
+
 /// How long a write may block when the client has no keep-alive.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -209,6 +214,13 @@ pub(crate) struct Connection {
 impl Connection {
     async fn run(&mut self, transport: &mut Transport, shutdown: &CancellationToken) -> Exit {
         self.resend_inflight();
+        self.broker.start_replay(&mut self.claim);
+        // Cluster mode only: boxed so standalone connections carry no timer.
+        let mut tracking_timer = self
+            .broker
+            .is_cluster()
+            .then(|| Box::pin(tokio::time::sleep(TRACKING_TICK)));
+        let mut ticks = 0u32;
         // Data that arrived together with CONNECT. `process_input` is boxed at every call:
         // its future (publish, backpressure wait) would otherwise double the size of every
         // connection's task, idle ones included (one allocation per read wake-up instead).
@@ -260,6 +272,21 @@ impl Connection {
                     }
                 }
                 _ = session.notify.notified() => {}
+                _ = async {
+                    match tracking_timer.as_mut() {
+                        Some(timer) => timer.await,
+                        None => std::future::pending().await,
+                    }
+                }, if tracking_timer.is_some() => {
+                    if let Some(timer) = tracking_timer.as_mut() {
+                        timer.as_mut().reset(Instant::now() + TRACKING_TICK);
+                    }
+                    ticks = ticks.wrapping_add(1);
+                    // Boxed: a checkpoint's future is large and rare.
+                    if let Err(exit) = Box::pin(self.on_tracking_tick(ticks)).await {
+                        return exit;
+                    }
+                }
                 _ = &mut keep_alive_timer, if self.keep_alive > 0 => {
                     let deadline = self.last_packet + keep_alive;
                     if Instant::now() >= deadline {
@@ -270,6 +297,19 @@ impl Connection {
             }
             self.drain_mailbox();
         }
+    }
+
+    /// Cluster mode: advances the cursors and checkpoints a persistent session now and then.
+    async fn on_tracking_tick(&mut self, ticks: u32) -> Result<(), Exit> {
+        let dirty = self.broker.tick(&self.claim);
+        if dirty && ticks.is_multiple_of(CHECKPOINT_TICKS) {
+            match self.broker.checkpoint(&self.claim).await {
+                Ok(()) => {}
+                Err(crate::state::StateError::Fenced(_)) => return Err(Exit::TakenOver),
+                Err(e) => debug!(error = %e, "checkpoint failed"),
+            }
+        }
+        Ok(())
     }
 
     async fn flush(

@@ -66,8 +66,19 @@ impl RetainedStore for MemoryState {
 }
 
 impl SessionStore for MemoryState {
-    fn load(&self, client_id: &str) -> BoxFuture<'_, Result<Option<SessionRecord>, StateError>> {
-        ready(Ok(self.sessions.lock().get(client_id).cloned())).boxed()
+    fn claim(
+        &self,
+        client_id: &str,
+        clean_start: bool,
+    ) -> BoxFuture<'_, Result<Option<SessionRecord>, StateError>> {
+        let mut sessions = self.sessions.lock();
+        let record = if clean_start {
+            sessions.remove(client_id);
+            None
+        } else {
+            sessions.get(client_id).cloned()
+        };
+        ready(Ok(record)).boxed()
     }
 
     fn save(&self, record: SessionRecord) -> BoxFuture<'_, Result<(), StateError>> {
@@ -81,6 +92,15 @@ impl SessionStore for MemoryState {
         self.sessions.lock().remove(client_id);
         ready(Ok(())).boxed()
     }
+
+    fn untouched(&self, _client_id: &str) -> BoxFuture<'_, bool> {
+        // One hub: a reconnect cancels this hub's timers itself.
+        ready(true).boxed()
+    }
+
+    fn is_shared(&self) -> bool {
+        false
+    }
 }
 
 impl MessageBus for MemoryState {
@@ -89,6 +109,10 @@ impl MessageBus for MemoryState {
     }
 
     fn interest(&self, _filter: &str, _subscribed: bool) {}
+
+    fn sync_interest(&self) -> BoxFuture<'_, Result<(), StateError>> {
+        ready(Ok(())).boxed()
+    }
 
     fn is_remote(&self) -> bool {
         false

@@ -7,12 +7,13 @@
 //! only what another hub must be able to see or recompute.
 
 mod memory;
+pub mod nats;
 
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 
-use crate::broker::message::{Message, SubOptions};
+use crate::broker::message::{Message, StreamPos, SubOptions};
 
 pub use memory::MemoryState;
 
@@ -25,6 +26,9 @@ pub enum StateError {
         action: &'static str,
         reason: String,
     },
+    /// Another hub took the session over: this hub must drop its connection.
+    #[error("session of client {0} is owned by another hub now")]
+    Fenced(String),
 }
 
 /// Retained messages: the newest per topic, cluster-wide.
@@ -43,20 +47,41 @@ pub trait RetainedStore: Send + Sync {
 }
 
 /// What must survive a session's connection for another hub to resume it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct SessionRecord {
     pub client_id: String,
     /// Subscriptions by full filter text.
     pub subscriptions: Vec<(String, SubOptions)>,
     /// Session expiry interval in seconds (u32::MAX = never).
     pub expiry_interval: u32,
+    /// Per message shard: every stored message at or below it that the session's
+    /// subscriptions match has been delivered (cluster mode; empty otherwise).
+    pub cursors: Vec<u64>,
+    /// Stored messages above the cursors that were delivered too (not to be replayed).
+    pub delivered: Vec<StreamPos>,
+    /// Whether a connection holds the session (else it waits for a reconnect).
+    pub connected: bool,
 }
 
-/// Persistent session records.
+/// Persistent session records, with one owner per session in the cluster.
 pub trait SessionStore: Send + Sync {
-    fn load(&self, client_id: &str) -> BoxFuture<'_, Result<Option<SessionRecord>, StateError>>;
+    /// Makes this hub the session's only owner (a connection holding it on another hub is
+    /// closed first) and returns its stored record; `clean_start` discards the record.
+    fn claim(
+        &self,
+        client_id: &str,
+        clean_start: bool,
+    ) -> BoxFuture<'_, Result<Option<SessionRecord>, StateError>>;
+    /// Stores the record of a session this hub owns (`Fenced` when another hub took it).
     fn save(&self, record: SessionRecord) -> BoxFuture<'_, Result<(), StateError>>;
+    /// Removes the record, unless another hub claimed the session since.
     fn remove(&self, client_id: &str) -> BoxFuture<'_, Result<(), StateError>>;
+    /// Whether the session is still as this hub left it (no hub claimed it since), so a
+    /// delayed will or an expiry timer of this hub may act on it.
+    fn untouched(&self, client_id: &str) -> BoxFuture<'_, bool>;
+    /// Whether other hubs can resume sessions (cluster mode): the hub then keeps no copy of
+    /// a disconnected session.
+    fn is_shared(&self) -> bool;
 }
 
 /// Delivery of published messages to the other hubs of the cluster. The hub delivers to its
@@ -65,10 +90,33 @@ pub trait MessageBus: Send + Sync {
     /// Hands a message to the other hubs. Resolves when the cluster has stored it durably
     /// (QoS 1/2), so the publisher's acknowledgement can wait for it.
     fn publish(&self, message: Arc<Message>) -> BoxFuture<'_, Result<(), StateError>>;
-    /// The hub's sessions now do (or no longer do) subscribe to `filter`.
+    /// The hub's sessions now do (or no longer do) subscribe to `filter` (full filter text,
+    /// `$share/...` included).
     fn interest(&self, filter: &str, subscribed: bool);
-    /// Whether a publish must be awaited (false when there is no other hub).
+    /// Resolves once the interest declared so far is in force cluster-wide.
+    fn sync_interest(&self) -> BoxFuture<'_, Result<(), StateError>>;
+    /// Whether messages travel between hubs (false when there is no other hub).
     fn is_remote(&self) -> bool;
+    /// Whether QoS 1/2 messages are stored and come back through the bus with their
+    /// position, to be routed to this hub's sessions from there (cluster mode).
+    fn stores_messages(&self) -> bool {
+        false
+    }
+    /// The newest position of each message shard (the cursors of a new session).
+    fn heads(&self) -> BoxFuture<'_, Result<Vec<u64>, StateError>> {
+        Box::pin(futures_util::future::ready(Ok(Vec::new())))
+    }
+    /// Stored messages of `shard` after `after` whose topics match one of `filters`,
+    /// oldest first, at most `limit`.
+    fn replay<'a>(
+        &'a self,
+        _shard: u16,
+        _after: u64,
+        _filters: &'a [String],
+        _limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<Arc<Message>>, StateError>> {
+        Box::pin(futures_util::future::ready(Ok(Vec::new())))
+    }
 }
 
 /// The set of state implementations a hub runs with.

@@ -1,0 +1,478 @@
+//! The broker's cluster-mode parts: routing what arrives from other hubs, the cursors of
+//! stored messages each session got, replay after a resume, checkpoints, and giving a
+//! session up to another hub.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cmq_topic::{matches, parse_shared};
+use futures_util::future::BoxFuture;
+use mqttbytes::QoS;
+use tracing::{debug, info, warn};
+
+use super::Broker;
+use super::lifecycle::Claim;
+use super::message::{Delivery, Message, Origin, StreamPos, SubOptions, min_qos};
+use super::session::{Queued, Session, Stage, Tracking};
+use super::subscriptions::Blocked;
+use super::will::Will;
+use crate::state::nats::Router;
+use crate::state::{SessionRecord, StateError};
+
+/// Stored messages fetched per replay request.
+const REPLAY_PAGE: usize = 256;
+/// How long an eviction waits for the connection to save its session.
+const EVICT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What a resumed session must catch up on.
+#[derive(Debug, Default)]
+pub struct ReplayPlan {
+    pub subscriptions: Vec<(String, SubOptions)>,
+    pub skip: HashSet<StreamPos>,
+}
+
+impl Router for Broker {
+    fn route_remote(&self, filter: Arc<str>, message: Arc<Message>) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let local = message.origin.as_ref().and_then(|o| {
+                self.registry
+                    .lock()
+                    .get(&*o.client_id)
+                    .map(|s| (s.id, o.client_id.clone()))
+            });
+            let message = match local {
+                // The publisher has a session here: resolve it, for no-local.
+                Some((session, client_id)) => Arc::new(Message {
+                    topic: message.topic.clone(),
+                    payload: message.payload.clone(),
+                    qos: message.qos,
+                    retain: message.retain,
+                    properties: message.properties.clone(),
+                    expires_at: message.expires_at,
+                    origin: Some(Origin { session, client_id }),
+                    stored: message.stored,
+                }),
+                None => message,
+            };
+            let mut blocked = Blocked::new();
+            match parse_shared(&filter) {
+                Ok(Some(shared)) => {
+                    self.route_shared_group(&message, shared.filter, shared.group, &mut blocked);
+                }
+                _ => {
+                    self.route_direct(&message, Some(&filter), &mut blocked);
+                }
+            }
+            for (session, delivery) in blocked {
+                self.wait_for_room(&session, delivery).await;
+            }
+        })
+    }
+
+    fn evict(&self, client_id: String) -> BoxFuture<'_, bool> {
+        Box::pin(async move {
+            let Some(session) = self.registry.lock().get(client_id.as_str()).cloned() else {
+                return false;
+            };
+            let kick = {
+                let mut control = session.control.lock();
+                if !control.connected {
+                    return false;
+                }
+                control.remote_takeover = true;
+                control.kick.clone()
+            };
+            if let Some(kick) = kick {
+                kick.cancel();
+            }
+            // The connection holds the state until it has saved the session.
+            let released =
+                tokio::time::timeout(EVICT_TIMEOUT, session.state.clone().lock_owned()).await;
+            if released.is_err() {
+                warn!(client_id, "session not released in time for a takeover");
+            }
+            true
+        })
+    }
+}
+
+impl Broker {
+    /// Whether other hubs share this hub's sessions (cluster mode).
+    pub fn is_cluster(&self) -> bool {
+        self.state.sessions.is_shared()
+    }
+
+    /// Starts tracking a claimed session's stored messages; `record` is what it resumes.
+    pub(super) fn start_tracking(&self, claim: &mut Claim, record: Option<&SessionRecord>) {
+        let mut tracking = Tracking::default();
+        let mut plan = ReplayPlan::default();
+        if let Some(record) = record {
+            tracking.cursors = record.cursors.clone();
+            plan.subscriptions = record
+                .subscriptions
+                .iter()
+                .filter(|(f, _)| !f.starts_with("$share/"))
+                .cloned()
+                .collect();
+            plan.skip = record.delivered.iter().copied().collect();
+            tracking.replaying = !plan.subscriptions.is_empty() && !tracking.cursors.is_empty();
+        }
+        let replay = tracking.replaying;
+        *claim.session.tracking.lock() = Some(Box::new(tracking));
+        claim.replay = replay.then(|| Box::new(plan));
+    }
+
+    /// Starts catching a resumed session up from its cursors (after CONNACK is queued).
+    pub fn start_replay(self: &Arc<Self>, claim: &mut Claim) {
+        let Some(plan) = claim.replay.take() else {
+            return;
+        };
+        let broker = self.clone();
+        let session = claim.session.clone();
+        tokio::spawn(async move {
+            if let Err(e) = broker.replay(&session, *plan).await {
+                warn!(client_id = %session.client_id, error = %e, "replay of stored messages failed");
+            }
+        });
+    }
+
+    async fn replay(&self, session: &Arc<Session>, plan: ReplayPlan) -> Result<(), StateError> {
+        // Live subscriptions first, so nothing stored after the replay's end is missed.
+        self.state.bus.sync_interest().await?;
+        let filters: Vec<String> = plan.subscriptions.iter().map(|(f, _)| f.clone()).collect();
+        let mut replayed = 0usize;
+        loop {
+            let cursors = match session.tracking.lock().as_mut() {
+                Some(t) => {
+                    t.overflowed = false;
+                    t.cursors.clone()
+                }
+                None => return Ok(()),
+            };
+            let mut high: Vec<u64> = cursors.clone();
+            for (shard, &cursor) in cursors.iter().enumerate() {
+                let shard = u16::try_from(shard).unwrap_or(u16::MAX);
+                let mut after = cursor;
+                loop {
+                    if !session.is_online() {
+                        return Ok(());
+                    }
+                    let page = self
+                        .state
+                        .bus
+                        .replay(shard, after, &filters, REPLAY_PAGE)
+                        .await?;
+                    let Some(last) = page.last().and_then(|m| m.stored) else {
+                        break;
+                    };
+                    after = last.seq;
+                    for message in page {
+                        let Some(pos) = message.stored else { continue };
+                        if plan.skip.contains(&pos) {
+                            continue;
+                        }
+                        if let Some(delivery) = delivery_for(session, &plan.subscriptions, &message)
+                        {
+                            replayed += 1;
+                            self.push_waiting(session, delivery, pos).await;
+                        }
+                    }
+                }
+                if let Some(h) = high.get_mut(usize::from(shard)) {
+                    *h = after;
+                }
+            }
+            // Hand over to live delivery: what the live feed brought meanwhile, past the
+            // replay's end, goes out in order; then live messages are queued directly.
+            loop {
+                let batch = {
+                    let mut guard = session.tracking.lock();
+                    let Some(t) = guard.as_mut() else {
+                        return Ok(());
+                    };
+                    if t.overflowed {
+                        break;
+                    }
+                    if t.buffer.is_empty() {
+                        t.replaying = false;
+                        debug!(client_id = %session.client_id, replayed, "replay done");
+                        return Ok(());
+                    }
+                    std::mem::take(&mut t.buffer)
+                };
+                for delivery in batch {
+                    let Some(pos) = delivery.message.stored else {
+                        continue;
+                    };
+                    let done = high
+                        .get(usize::from(pos.shard))
+                        .is_some_and(|&h| pos.seq <= h);
+                    if !done && !plan.skip.contains(&pos) {
+                        self.push_waiting(session, delivery, pos).await;
+                    }
+                }
+            }
+            info!(client_id = %session.client_id, "live buffer overflowed during replay; replaying again");
+            if let Some(t) = session.tracking.lock().as_mut() {
+                // Everything up to `high` was queued: continue from there.
+                for (c, h) in t.cursors.iter_mut().zip(&high) {
+                    *c = (*c).max(*h);
+                }
+            }
+        }
+    }
+
+    /// Queues a replayed message, waiting while the connection drains a full queue.
+    async fn push_waiting(&self, session: &Session, mut delivery: Delivery, pos: StreamPos) {
+        loop {
+            let room = session.space.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            match session.push_tracked(delivery, pos) {
+                Queued::Full(d) => delivery = d,
+                Queued::Dropped => {
+                    self.metrics.dropped_queue_full.inc();
+                    return;
+                }
+                Queued::Yes | Queued::EvictedQos0 => return,
+            }
+            if !session.is_online() {
+                return;
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(1), room).await;
+        }
+    }
+
+    /// Moves positions that are one tick old into the cursors (called every tick by the
+    /// session's connection). Returns whether the session has something to checkpoint.
+    pub fn tick(&self, claim: &Claim) -> bool {
+        let pending = pending_positions(claim);
+        let mut guard = claim.session.tracking.lock();
+        let Some(t) = guard.as_mut() else {
+            return false;
+        };
+        if t.replaying {
+            return t.dirty;
+        }
+        let older = std::mem::take(&mut t.older);
+        for pos in &older {
+            let shard = usize::from(pos.shard);
+            let cap = pending
+                .iter()
+                .filter(|p| p.shard == pos.shard)
+                .map(|p| p.seq - 1)
+                .min()
+                .unwrap_or(u64::MAX);
+            if let Some(c) = t.cursors.get_mut(shard) {
+                *c = (*c).max(pos.seq.min(cap));
+            }
+        }
+        let cursors = t.cursors.clone();
+        let above = |p: &StreamPos| {
+            cursors
+                .get(usize::from(p.shard))
+                .is_some_and(|&c| p.seq > c)
+        };
+        let mut carried: Vec<StreamPos> = older.into_iter().filter(above).collect();
+        carried.append(&mut t.recent);
+        t.older = carried;
+        t.dirty
+    }
+
+    /// The session's record as it stands.
+    pub async fn record_of(&self, claim: &Claim, connected: bool) -> SessionRecord {
+        let pending = pending_positions(claim);
+        let missing = claim
+            .session
+            .tracking
+            .lock()
+            .as_ref()
+            .is_some_and(|t| t.cursors.is_empty());
+        let heads = if missing {
+            match self.state.bus.heads().await {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    warn!(error = %e, "could not read the message stream heads");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let mut guard = claim.session.tracking.lock();
+        let (cursors, delivered) = match guard.as_mut() {
+            Some(t) => {
+                if let Some(heads) = heads
+                    && t.cursors.is_empty()
+                {
+                    t.cursors = heads;
+                }
+                t.dirty = false;
+                let cursors = t.cursors.clone();
+                let delivered = t
+                    .older
+                    .iter()
+                    .chain(&t.recent)
+                    .filter(|p| {
+                        cursors
+                            .get(usize::from(p.shard))
+                            .is_some_and(|&c| p.seq > c)
+                            && !pending.contains(p)
+                    })
+                    .copied()
+                    .collect();
+                (cursors, delivered)
+            }
+            None => (Vec::new(), Vec::new()),
+        };
+        SessionRecord {
+            client_id: claim.session.client_id.to_string(),
+            subscriptions: claim
+                .state
+                .subscriptions
+                .iter()
+                .map(|(f, o)| (f.clone(), *o))
+                .collect(),
+            expiry_interval: claim.state.expiry_interval,
+            cursors,
+            delivered,
+            connected,
+        }
+    }
+
+    /// Saves a persistent session's record (cluster mode): after SUBSCRIBE/UNSUBSCRIBE and
+    /// at checkpoints, so another hub can resume it if this one dies.
+    pub async fn checkpoint(&self, claim: &Claim) -> Result<(), StateError> {
+        if !self.is_cluster() || claim.state.expiry_interval == 0 {
+            return Ok(());
+        }
+        let record = self.record_of(claim, true).await;
+        self.state.sessions.save(record).await
+    }
+
+    /// Cluster mode: a connection of a persistent session ended. Saves the record for any
+    /// hub to resume, lets go of the local copy and keeps only the timers.
+    pub(super) async fn release_shared(
+        self: &Arc<Self>,
+        mut claim: Claim,
+        will: Option<Will>,
+        remote_takeover: bool,
+    ) {
+        let session = claim.session.clone();
+        let expiry = claim.state.expiry_interval;
+        let record = self.record_of(&claim, false).await;
+        let saved = self.state.sessions.save(record).await;
+        if let Err(e) = &saved {
+            warn!(client_id = %session.client_id, error = %e, "could not save the session record");
+        }
+        // Stored messages still queued are replayed from the cursors on resume.
+        self.end_session(&session, &mut claim.state);
+        drop(claim);
+        let Some(will) = will else {
+            if saved.is_ok() {
+                self.schedule_shared_expiry(session.client_id.clone(), expiry);
+            }
+            return;
+        };
+        if remote_takeover || saved.is_err() {
+            // The client is connected again elsewhere: a will waiting for its delay is void.
+            if will.delay == 0 {
+                self.publish_will(will).await;
+            }
+            return;
+        }
+        self.schedule_shared_expiry(session.client_id.clone(), expiry);
+        if will.delay == 0 {
+            self.publish_will(will).await;
+            return;
+        }
+        let delay = Duration::from_secs(u64::from(will.delay.min(expiry)));
+        let broker = self.clone();
+        let client_id = session.client_id.clone();
+        self.spawn_timer(
+            tokio_util::sync::CancellationToken::new(),
+            delay,
+            async move {
+                if broker.state.sessions.untouched(&client_id).await {
+                    broker.publish_will(will).await;
+                }
+            },
+        );
+    }
+
+    /// Removes a session record this hub left, once its expiry passes without a resume.
+    fn schedule_shared_expiry(self: &Arc<Self>, client_id: Arc<str>, expiry: u32) {
+        if expiry == u32::MAX {
+            return;
+        }
+        let broker = self.clone();
+        let delay = Duration::from_secs(u64::from(expiry));
+        self.spawn_timer(tokio_util::sync::CancellationToken::new(), delay, async move {
+            if broker.state.sessions.untouched(&client_id).await {
+                info!(client_id = %client_id, "session expired");
+                if let Err(e) = broker.state.sessions.remove(&client_id).await {
+                    warn!(client_id = %client_id, error = %e, "could not remove an expired session");
+                }
+            }
+        });
+    }
+}
+
+/// Stored messages the session has queued or in flight (not yet acknowledged).
+fn pending_positions(claim: &Claim) -> Vec<StreamPos> {
+    let mut out = Vec::new();
+    claim.session.queued_positions(&mut out);
+    out.extend(claim.state.outgoing.iter().filter_map(|i| match &i.stage {
+        Stage::Published(d) => d.message.stored,
+        Stage::Released => None,
+    }));
+    out
+}
+
+/// The delivery of a replayed message to a session with `subscriptions`, if any matches.
+fn delivery_for(
+    session: &Session,
+    subscriptions: &[(String, SubOptions)],
+    message: &Arc<Message>,
+) -> Option<Delivery> {
+    let mut best: Option<SubOptions> = None;
+    let mut ids = Vec::new();
+    for (filter, options) in subscriptions {
+        if !matches(filter, &message.topic) {
+            continue;
+        }
+        let own = message
+            .origin
+            .as_ref()
+            .is_some_and(|o| *o.client_id == *session.client_id);
+        if options.no_local && own {
+            continue;
+        }
+        if options.subscription_id != 0 {
+            ids.push(options.subscription_id);
+        }
+        best = Some(match best {
+            Some(mut b) => {
+                if (options.qos as u8) > (b.qos as u8) {
+                    b.qos = options.qos;
+                }
+                b.retain_as_published |= options.retain_as_published;
+                b
+            }
+            None => *options,
+        });
+    }
+    let options = best?;
+    let qos = min_qos(message.qos, options.qos);
+    if qos == QoS::AtMostOnce {
+        // Only QoS 1/2 deliveries are owed to an offline session.
+        return None;
+    }
+    Some(Delivery {
+        message: message.clone(),
+        qos,
+        retain: options.retain_as_published && message.retain,
+        subscription_ids: ids,
+    })
+}

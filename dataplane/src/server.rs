@@ -1,0 +1,197 @@
+//! Running a hub: listeners, admin endpoint, signal handling and drain, the same for
+//! `cmq standalone` (in-memory state) and `cmq hub` (cluster state on NATS).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::admin::{self, AdminState};
+use crate::broker::Broker;
+use crate::config::HubArgs;
+use crate::listener::{self, ListenerKind};
+use crate::manifests;
+use crate::metrics::Metrics;
+use crate::state::State;
+use crate::state::nats::{NatsConfig, NatsState, Router};
+
+/// Flags of `cmq standalone`.
+#[derive(Args, Debug, Clone)]
+pub struct StandaloneArgs {
+    #[command(flatten)]
+    pub hub: HubArgs,
+}
+
+/// Flags of `cmq hub`.
+#[derive(Args, Debug, Clone)]
+pub struct ClusterHubArgs {
+    #[command(flatten)]
+    pub hub: HubArgs,
+    /// NATS server URL(s), comma-separated.
+    #[arg(long, env = "CMQ_NATS_URL")]
+    pub nats: String,
+    /// Cluster name (`<namespace>_<name>` of the MqttCluster): names the streams and
+    /// buckets the hubs share. Letters, digits, '_' and '-'.
+    #[arg(long, env = "CMQ_CLUSTER")]
+    pub cluster: String,
+    /// This hub's id, unique in the cluster (default: the host name, else random).
+    #[arg(long, env = "CMQ_HUB_ID")]
+    pub hub_id: Option<String>,
+    /// Replicas of the streams and buckets this hub creates.
+    #[arg(long, env = "CMQ_STREAM_REPLICAS", default_value_t = 1)]
+    pub stream_replicas: usize,
+    /// Number of message streams; fixed for the life of a cluster.
+    #[arg(long, env = "CMQ_MESSAGE_SHARDS", default_value_t = 4)]
+    pub shards: u16,
+    /// How long stored QoS 1/2 messages are kept for offline sessions, in seconds.
+    #[arg(long, env = "CMQ_OFFLINE_RETENTION_SECS", default_value_t = 86_400)]
+    pub offline_retention_secs: u64,
+}
+
+/// `cmq standalone`: runs until SIGTERM or Ctrl-C, then drains.
+pub async fn run_standalone(args: StandaloneArgs) -> anyhow::Result<()> {
+    warn!("no device credentials are configured: anonymous clients are allowed");
+    run(args.hub, State::memory(), None, "standalone").await
+}
+
+/// `cmq hub`: joins the cluster on NATS, then serves like standalone.
+pub async fn run_cluster_hub(args: ClusterHubArgs) -> anyhow::Result<()> {
+    let hub_id = args.hub_id.clone().unwrap_or_else(default_hub_id);
+    let config = NatsConfig {
+        url: args.nats.clone(),
+        cluster: args.cluster.clone(),
+        hub_id,
+        replicas: args.stream_replicas.max(1),
+        shards: args.shards.max(1),
+        retention: Duration::from_secs(args.offline_retention_secs.max(1)),
+    };
+    let nats = NatsState::connect(config)
+        .await
+        .context("cannot join the cluster on NATS")?;
+    warn!("no device credentials are configured: anonymous clients are allowed");
+    run(args.hub, nats.state(), Some(nats), "hub").await
+}
+
+fn default_hub_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    let ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        host
+    } else {
+        format!("hub-{:08x}", rand::random::<u32>())
+    }
+}
+
+/// Serves until SIGTERM or Ctrl-C, then drains.
+async fn run(
+    args: HubArgs,
+    state: State,
+    nats: Option<Arc<NatsState>>,
+    mode: &str,
+) -> anyhow::Result<()> {
+    let manifests = match &args.manifests {
+        Some(dir) => manifests::load(dir)?,
+        None => manifests::Manifests::default(),
+    };
+    let (listeners, limits) = args.resolve(manifests.cluster.as_ref())?;
+    info!(?limits, mode, "starting CMQ");
+    let metrics = Arc::new(Metrics::new());
+    let broker = Broker::new(limits, state, metrics.clone());
+    if let Some(nats) = &nats {
+        let router: Arc<dyn Router> = broker.clone();
+        nats.attach(Arc::downgrade(&router));
+    }
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let ready = Arc::new(AtomicBool::new(false));
+    let mut servers = Vec::new();
+    for (addr, kind) in [
+        (listeners.mqtt, ListenerKind::Mqtt),
+        (listeners.websocket, ListenerKind::WebSocket),
+    ] {
+        let Some(addr) = addr else { continue };
+        let socket = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} ({kind:?})"))?;
+        servers.push(tokio::spawn(listener::run(
+            socket,
+            kind,
+            broker.clone(),
+            shutdown.clone(),
+            tasks.clone(),
+        )));
+    }
+    let admin_shutdown = CancellationToken::new();
+    let admin_task = match listeners.admin {
+        Some(addr) => {
+            let socket = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (admin)"))?;
+            info!(%addr, "admin endpoint on /metrics, /healthz, /readyz");
+            let state = AdminState {
+                metrics: metrics.clone(),
+                ready: ready.clone(),
+            };
+            Some(tokio::spawn(admin::serve(
+                socket,
+                state,
+                admin_shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
+    ready.store(true, Ordering::Release);
+    wait_for_signal().await?;
+    // Readiness fails first so a load balancer stops sending new clients.
+    ready.store(false, Ordering::Release);
+    info!(
+        connections = broker.connection_count(),
+        "shutting down: disconnecting clients (MQTT 5 reason 0x8B)"
+    );
+    shutdown.cancel();
+    for s in servers {
+        let _ = s.await;
+    }
+    tasks.close();
+    let drain = Duration::from_millis(args.drain_timeout_ms);
+    if tokio::time::timeout(drain, tasks.wait()).await.is_err() {
+        warn!(
+            left = tasks.len(),
+            "drain timeout passed with connections still closing"
+        );
+    }
+    broker.shutdown().await;
+    if let Some(nats) = &nats {
+        nats.close().await;
+    }
+    admin_shutdown.cancel();
+    if let Some(t) = admin_task {
+        let _ = t.await;
+    }
+    info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        r = tokio::signal::ctrl_c() => {
+            r.context("cannot listen for Ctrl-C")?;
+            info!("interrupt received");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,284 @@
+//! A published message as NATS headers and payload. The payload travels untouched, so
+//! NATS-native subscribers and the rule engine read it as is; MQTT metadata goes in
+//! headers:
+//!
+//! | header | value |
+//! |---|---|
+//! | `Cmq-Hub` | hub that took the publish (a hub skips its own QoS 0 echoes) |
+//! | `Cmq-Client` | publishing client id (MQTT 5 no-local on other hubs) |
+//! | `Cmq-Qos` | 0, 1 or 2 |
+//! | `Cmq-Retain` | `1` when published with RETAIN |
+//! | `Cmq-Expires` | absolute expiry, Unix milliseconds (MQTT 5 message expiry) |
+//! | `Cmq-Props` | MQTT 5 properties as JSON, non-ASCII escaped (`\uXXXX`) |
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use mqttbytes::QoS;
+use mqttbytes::v5::PublishProperties;
+use serde::{Deserialize, Serialize};
+
+use crate::broker::message::{Message, Origin, StreamPos};
+
+const HUB: &str = "Cmq-Hub";
+const CLIENT: &str = "Cmq-Client";
+const QOS: &str = "Cmq-Qos";
+const RETAIN: &str = "Cmq-Retain";
+const EXPIRES: &str = "Cmq-Expires";
+const PROPS: &str = "Cmq-Props";
+
+/// MQTT 5 properties carried with a message.
+#[derive(Serialize, Deserialize, Default)]
+struct Props {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pfi: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ct: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rt: Option<String>,
+    /// Correlation data as hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cd: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    up: Vec<(String, String)>,
+}
+
+fn unix_ms(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Headers for `message` published through hub `hub` by `client`.
+pub fn encode(message: &Message, hub: &str) -> HeaderMap {
+    let client = message.origin.as_ref().map(|o| &*o.client_id);
+    let mut headers = HeaderMap::new();
+    headers.insert(HUB, hub);
+    if let Some(client) = client {
+        headers.insert(CLIENT, escape_ascii(client).as_str());
+    }
+    headers.insert(QOS, qos_str(message.qos));
+    if message.retain {
+        headers.insert(RETAIN, "1");
+    }
+    if let Some(at) = message.expires_at {
+        let left = at.saturating_duration_since(Instant::now());
+        headers.insert(
+            EXPIRES,
+            unix_ms(SystemTime::now() + left).to_string().as_str(),
+        );
+    }
+    if let Some(p) = &message.properties {
+        let props = Props {
+            pfi: p.payload_format_indicator,
+            ct: p.content_type.clone(),
+            rt: p.response_topic.clone(),
+            cd: p.correlation_data.as_ref().map(|d| hex(d)),
+            up: p.user_properties.clone(),
+        };
+        if let Ok(json) = serde_json::to_string(&props) {
+            // JSON already escapes '\\' and control characters: only non-ASCII is left.
+            headers.insert(PROPS, escape_non_ascii(&json).as_str());
+        }
+    }
+    headers
+}
+
+/// What a hub needs besides the message itself.
+pub struct Decoded {
+    pub message: Arc<Message>,
+    pub hub: Option<String>,
+}
+
+/// Rebuilds a message from `topic`, its headers and payload. `None` when it has expired.
+pub fn decode(
+    topic: Arc<str>,
+    headers: Option<&HeaderMap>,
+    payload: Bytes,
+    stored: Option<StreamPos>,
+) -> Option<Decoded> {
+    let get = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
+    let qos = match get(QOS) {
+        Some("1") => QoS::AtLeastOnce,
+        Some("2") => QoS::ExactlyOnce,
+        _ => QoS::AtMostOnce,
+    };
+    let expires_at = match get(EXPIRES).and_then(|v| v.parse::<u64>().ok()) {
+        Some(at_ms) => {
+            let now_ms = unix_ms(SystemTime::now());
+            if at_ms <= now_ms {
+                return None;
+            }
+            Some(Instant::now() + Duration::from_millis(at_ms - now_ms))
+        }
+        None => None,
+    };
+    let properties = get(PROPS)
+        .and_then(|json| serde_json::from_str::<Props>(json).ok())
+        .map(|p| {
+            Box::new(PublishProperties {
+                payload_format_indicator: p.pfi,
+                message_expiry_interval: None,
+                topic_alias: None,
+                response_topic: p.rt,
+                correlation_data: p.cd.and_then(|h| unhex(&h)).map(Bytes::from),
+                user_properties: p.up,
+                subscription_identifiers: Vec::new(),
+                content_type: p.ct,
+            })
+        });
+    let origin = get(CLIENT).map(|c| Origin {
+        session: 0,
+        client_id: Arc::from(unescape_ascii(c)),
+    });
+    Some(Decoded {
+        message: Arc::new(Message {
+            topic,
+            payload,
+            qos,
+            retain: get(RETAIN) == Some("1"),
+            properties,
+            expires_at,
+            origin,
+            stored,
+        }),
+        hub: get(HUB).map(str::to_owned),
+    })
+}
+
+fn qos_str(qos: QoS) -> &'static str {
+    match qos {
+        QoS::AtMostOnce => "0",
+        QoS::AtLeastOnce => "1",
+        QoS::ExactlyOnce => "2",
+    }
+}
+
+fn hex(data: &[u8]) -> String {
+    data.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Header values must be printable ASCII: everything else (and `\`) becomes `\uXXXX`.
+fn escape_ascii(text: &str) -> String {
+    escape(text, true)
+}
+
+/// Like `escape_ascii` but keeps `\` (for JSON, whose escapes stay valid).
+fn escape_non_ascii(text: &str) -> String {
+    escape(text, false)
+}
+
+fn escape(text: &str, backslash: bool) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if (' '..='~').contains(&c) && (c != '\\' || !backslash) {
+            out.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        }
+    }
+    out
+}
+
+fn unescape_ascii(text: &str) -> String {
+    if !text.contains('\\') {
+        return text.to_owned();
+    }
+    let mut units = Vec::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find("\\u") {
+        units.extend(rest[..pos].encode_utf16());
+        let code = rest
+            .get(pos + 2..pos + 6)
+            .and_then(|h| u16::from_str_radix(h, 16).ok());
+        match code {
+            Some(code) => {
+                units.push(code);
+                rest = &rest[pos + 6..];
+            }
+            None => {
+                units.extend("\\u".encode_utf16());
+                rest = &rest[pos + 2..];
+            }
+        }
+    }
+    units.extend(rest.encode_utf16());
+    String::from_utf16_lossy(&units)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_metadata() {
+        let message = Message {
+            topic: Arc::from("a/b"),
+            payload: Bytes::from_static(b"x"),
+            qos: QoS::ExactlyOnce,
+            retain: true,
+            properties: Some(Box::new(PublishProperties {
+                payload_format_indicator: Some(1),
+                message_expiry_interval: None,
+                topic_alias: None,
+                response_topic: Some("r/é".into()),
+                correlation_data: Some(Bytes::from_static(&[0, 255])),
+                user_properties: vec![("k\n".into(), "v\\\"".into())],
+                subscription_identifiers: Vec::new(),
+                content_type: Some("text/plain".into()),
+            })),
+            expires_at: Some(Instant::now() + Duration::from_secs(60)),
+            origin: Some(crate::broker::message::Origin {
+                session: 1,
+                client_id: Arc::from("dev/é"),
+            }),
+            stored: None,
+        };
+        let headers = encode(&message, "h1");
+        for (_, values) in headers.iter() {
+            for v in values {
+                assert!(v.as_str().bytes().all(|b| (b' '..=b'~').contains(&b)));
+            }
+        }
+        let d = decode(
+            message.topic.clone(),
+            Some(&headers),
+            message.payload.clone(),
+            None,
+        )
+        .unwrap();
+        assert_eq!(d.hub.as_deref(), Some("h1"));
+        assert_eq!(
+            d.message.origin.as_ref().map(|o| &*o.client_id),
+            Some("dev/é")
+        );
+        assert_eq!(d.message.qos, QoS::ExactlyOnce);
+        assert!(d.message.retain);
+        assert_eq!(d.message.properties, message.properties);
+        let left = d.message.remaining_expiry(Instant::now()).unwrap();
+        assert!((59..=60).contains(&left));
+    }
+
+    #[test]
+    fn expired_messages_are_dropped() {
+        let mut headers = HeaderMap::new();
+        headers.insert(EXPIRES, "1");
+        assert!(decode(Arc::from("t"), Some(&headers), Bytes::new(), None).is_none());
+    }
+}
