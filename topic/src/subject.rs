@@ -78,7 +78,18 @@ fn hex_value(digit: u8) -> Option<u8> {
     }
 }
 
+/// The inverse of [`escape_token`].
+pub fn unescape_token(token: &str) -> Result<String, TopicError> {
+    let mut out = Vec::with_capacity(token.len());
+    decode_token_any(token, &mut out, true)?;
+    String::from_utf8(out).map_err(|_| TopicError::InvalidSubject)
+}
+
 fn decode_token(token: &str, out: &mut Vec<u8>) -> Result<(), TopicError> {
+    decode_token_any(token, out, false)
+}
+
+fn decode_token_any(token: &str, out: &mut Vec<u8>, slash: bool) -> Result<(), TopicError> {
     if token == EMPTY_LEVEL {
         return Ok(());
     }
@@ -102,7 +113,7 @@ fn decode_token(token: &str, out: &mut Vec<u8>) -> Result<(), TopicError> {
         let decoded = high << 4 | low;
         // Kept bytes must not be escaped and '/' cannot occur in a level:
         // either would give a second subject for the same topic.
-        if is_kept(decoded) || decoded == b'/' {
+        if is_kept(decoded) || (decoded == b'/' && !slash) {
             return Err(TopicError::InvalidSubject);
         }
         out.push(decoded);
@@ -165,6 +176,13 @@ pub fn filter_to_subjects(filter: &str) -> Vec<String> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tokens_round_trip() {
+        for text in ["dev/1", "a.b c", "", "é=/"] {
+            assert_eq!(unescape_token(&escape_token(text)).unwrap(), text);
+        }
+    }
 
     #[test]
     fn encodes() {

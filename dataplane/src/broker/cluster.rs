@@ -70,6 +70,12 @@ impl Router for Broker {
         })
     }
 
+    fn adopt_orphan(&self, client_id: String, will: Option<Will>, expiry: u32) {
+        if let Some(me) = self.me.upgrade() {
+            me.adopt(client_id, will, expiry);
+        }
+    }
+
     fn evict(&self, client_id: String) -> BoxFuture<'_, bool> {
         Box::pin(async move {
             let Some(session) = self.registry.lock().get(client_id.as_str()).cloned() else {
@@ -98,6 +104,26 @@ impl Router for Broker {
 }
 
 impl Broker {
+    fn adopt(self: &Arc<Self>, client_id: String, will: Option<Will>, expiry: u32) {
+        let client_id: Arc<str> = Arc::from(client_id);
+        if expiry != 0 {
+            self.schedule_shared_expiry(client_id.clone(), expiry);
+        }
+        let Some(will) = will else { return };
+        let broker = self.clone();
+        let delay = Duration::from_secs(u64::from(will.delay.min(expiry)));
+        self.spawn_timer(
+            tokio_util::sync::CancellationToken::new(),
+            delay,
+            async move {
+                if delay.is_zero() || broker.state.sessions.untouched(&client_id).await {
+                    info!(client_id = %client_id, "publishing the will of a dead hub's connection");
+                    broker.publish_will(will).await;
+                }
+            },
+        );
+    }
+
     /// Whether other hubs share this hub's sessions (cluster mode).
     pub fn is_cluster(&self) -> bool {
         self.state.sessions.is_shared()

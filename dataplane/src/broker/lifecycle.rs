@@ -170,6 +170,7 @@ impl Broker {
         if still_owner {
             // Publishers waiting for room in this queue stop waiting: nobody drains it now.
             session.space.notify_waiters();
+            self.state.sessions.retire(&session.client_id).await;
         }
         // Everything below runs before the state lock is released, so a reconnect sees the
         // will and timers this connection leaves behind (and cancels them).

@@ -6,7 +6,7 @@ mod lifecycle;
 pub mod message;
 pub mod session;
 mod subscriptions;
-mod will;
+pub mod will;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -42,12 +42,14 @@ pub struct Broker {
     shutdown: CancellationToken,
     /// Timer tasks (will delay, session expiry).
     timers: TaskTracker,
+    /// Itself, for work the cluster hands over by reference.
+    me: std::sync::Weak<Broker>,
 }
 
 impl Broker {
     /// A broker with no sessions.
     pub fn new(limits: Limits, state: State, metrics: Arc<Metrics>) -> Arc<Self> {
-        Arc::new(Self {
+        Arc::new_cyclic(|me| Self {
             limits,
             state,
             metrics,
@@ -57,6 +59,7 @@ impl Broker {
             connections: AtomicUsize::new(0),
             shutdown: CancellationToken::new(),
             timers: TaskTracker::new(),
+            me: me.clone(),
         })
     }
 

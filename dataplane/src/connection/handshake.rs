@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use mqttbytes::v5::{ConnAck, ConnAckProperties, Connect, ConnectReturnCode, Packet};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::Transport;
 use crate::broker::{Broker, Claim, ConnectionSlot, Will};
@@ -175,6 +175,16 @@ async fn accept<'a>(
         }
     };
     claim.state.expiry_interval = expiry;
+    let will = connect.last_will.map(Will::from_connect);
+    if let Err(e) = broker
+        .state
+        .sessions
+        .announce(&client_id, will.as_ref())
+        .await
+    {
+        // The connection works; only a crash of this hub would lose its will.
+        warn!(client_id = %client_id, error = %e, "could not record the connection in the cluster");
+    }
     let keep_alive = match (version, limits.server_keep_alive) {
         (ProtocolVersion::V5, Some(server)) => server,
         _ => connect.keep_alive,
@@ -208,7 +218,7 @@ async fn accept<'a>(
         slot,
         version,
         client_id,
-        will: connect.last_will.map(Will::from_connect),
+        will,
         keep_alive,
         connect_expiry_zero: requested_expiry == 0,
         client_receive_maximum: p.and_then(|p| p.receive_maximum).unwrap_or(u16::MAX).max(1),

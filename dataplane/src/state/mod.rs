@@ -14,6 +14,7 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 
 use crate::broker::message::{Message, StreamPos, SubOptions};
+use crate::broker::will::Will;
 
 pub use memory::MemoryState;
 
@@ -82,6 +83,19 @@ pub trait SessionStore: Send + Sync {
     /// Whether other hubs can resume sessions (cluster mode): the hub then keeps no copy of
     /// a disconnected session.
     fn is_shared(&self) -> bool;
+    /// The connection of a claimed session is up here, with `will`: recorded so that
+    /// another hub publishes the will and releases the session if this hub dies.
+    fn announce<'a>(
+        &'a self,
+        _client_id: &'a str,
+        _will: Option<&'a Will>,
+    ) -> BoxFuture<'a, Result<(), StateError>> {
+        Box::pin(futures_util::future::ready(Ok(())))
+    }
+    /// The connection announced for `client_id` ended here.
+    fn retire<'a>(&'a self, _client_id: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(futures_util::future::ready(()))
+    }
 }
 
 /// Delivery of published messages to the other hubs of the cluster. The hub delivers to its

@@ -14,6 +14,7 @@
 mod bus;
 mod codec;
 mod names;
+mod presence;
 mod retained;
 mod sessions;
 
@@ -28,6 +29,7 @@ use tracing::{info, warn};
 
 use super::{State, StateError};
 use crate::broker::message::Message;
+use crate::broker::will::Will;
 pub use names::Names;
 
 /// How a hub joins a cluster.
@@ -51,6 +53,9 @@ pub trait Router: Send + Sync {
     /// Another hub takes the session of `client_id` over: close its connection here and
     /// resolve once its state is saved. Returns whether a connection was closed.
     fn evict(&self, client_id: String) -> BoxFuture<'_, bool>;
+    /// A session released from a dead hub: fire its will (the crash closed its connection
+    /// abnormally) and run its expiry timer here.
+    fn adopt_orphan(&self, client_id: String, will: Option<Will>, expiry: u32);
 }
 
 /// The NATS implementation of the state traits.
@@ -62,6 +67,10 @@ pub struct NatsState {
     msgs: Vec<stream::Stream>,
     retained: stream::Stream,
     sessions: kv::Store,
+    hubs: stream::Stream,
+    owners: stream::Stream,
+    /// Whether this hub has recorded itself as a member.
+    member: std::sync::atomic::AtomicBool,
     router: OnceLock<Weak<dyn Router>>,
     bus: bus::Interests,
     owned: sessions::Owned,
@@ -145,6 +154,7 @@ impl NatsState {
                 .await
                 .map_err(|e| unavailable("creating the sessions bucket", e))?,
         };
+        let (hubs, owners) = presence::create_streams(&js, &names, config.replicas).await?;
         let state = Arc::new(Self {
             client,
             js,
@@ -153,6 +163,9 @@ impl NatsState {
             msgs,
             retained,
             sessions,
+            hubs,
+            owners,
+            member: std::sync::atomic::AtomicBool::new(false),
             router: OnceLock::new(),
             bus: bus::Interests::default(),
             owned: sessions::Owned::default(),
@@ -162,6 +175,7 @@ impl NatsState {
         });
         state.start_control().await?;
         state.start_retained_counter();
+        state.start_presence();
         info!(
             cluster = %state.config.cluster,
             hub = %state.config.hub_id,
@@ -192,6 +206,7 @@ impl NatsState {
 
     /// Stops the hub's subscriptions and flushes what is pending.
     pub async fn close(&self) {
+        self.leave().await;
         self.shutdown.cancel();
         let tasks = std::mem::take(&mut *self.tasks.lock());
         for task in tasks {

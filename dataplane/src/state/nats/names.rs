@@ -132,6 +132,42 @@ impl Names {
             .strip_prefix(".r.")
     }
 
+    pub fn hubs_stream(&self) -> String {
+        format!("cmq_{}_hubs", self.cluster)
+    }
+
+    pub fn hubs_subjects(&self) -> Vec<String> {
+        ["hb", "member", "reap"]
+            .iter()
+            .map(|kind| format!("cmq.{}.{kind}.*", self.cluster))
+            .collect()
+    }
+
+    pub fn heartbeat(&self, hub: &str) -> String {
+        format!("cmq.{}.hb.{hub}", self.cluster)
+    }
+
+    pub fn member(&self, hub: &str) -> String {
+        format!("cmq.{}.member.{hub}", self.cluster)
+    }
+
+    pub fn reap(&self, hub: &str) -> String {
+        format!("cmq.{}.reap.{hub}", self.cluster)
+    }
+
+    pub fn owners_stream(&self) -> String {
+        format!("cmq_{}_owners", self.cluster)
+    }
+
+    pub fn owners_wildcard(&self) -> String {
+        format!("cmq.{}.o.>", self.cluster)
+    }
+
+    /// The connection record of session `key` on `hub` (`key` may be a wildcard).
+    pub fn owner(&self, hub: &str, key: &str) -> String {
+        format!("cmq.{}.o.{hub}.{key}", self.cluster)
+    }
+
     pub fn control(&self, hub: &str) -> String {
         format!("cmq.{}.ctl.{hub}", self.cluster)
     }

@@ -23,6 +23,7 @@ use tracing::{debug, info, warn};
 use super::names::Names;
 use super::{NatsState, unavailable};
 use crate::broker::message::{StreamPos, SubOptions};
+use crate::broker::will::Will;
 use crate::state::{SessionRecord, SessionStore, StateError};
 
 /// How long a claim waits for the owning hub to let go.
@@ -175,6 +176,45 @@ impl NatsState {
         }
     }
 
+    /// Releases the session of `client_id` held by dead hub `hub` at `epoch`, unless a hub
+    /// claimed it since. Returns its expiry interval when released (this hub then acts as
+    /// the session's last owner: `untouched` and `remove` work here).
+    pub(super) async fn release_orphan(
+        &self,
+        hub: &str,
+        client_id: &str,
+        epoch: u64,
+    ) -> Result<Option<u32>, StateError> {
+        let key = Names::session_key(client_id);
+        let (current, revision) = read(self, &key).await?;
+        let Some(mut stored) = current.filter(|c| {
+            c.client_id == client_id && c.epoch == epoch && c.owner.as_deref() == Some(hub)
+        }) else {
+            return Ok(None);
+        };
+        let expiry = stored.expiry;
+        if expiry == 0 {
+            // The session ended with its connection.
+            let _ = self
+                .sessions
+                .delete_expect_revision(&key, Some(revision))
+                .await;
+            return Ok(Some(0));
+        }
+        stored.owner = None;
+        match self.sessions.update(&key, stored.encode(), revision).await {
+            Ok(revision) => {
+                self.owned
+                    .0
+                    .lock()
+                    .insert(client_id.to_owned(), Own { revision, epoch });
+                Ok(Some(expiry))
+            }
+            Err(e) if matches!(e.kind(), UpdateErrorKind::WrongLastRevision) => Ok(None),
+            Err(e) => Err(unavailable("releasing a dead hub's session", e)),
+        }
+    }
+
     /// Serves takeover requests addressed to this hub.
     pub(super) async fn start_control(self: &Arc<Self>) -> Result<(), StateError> {
         self.bus.bind(Arc::downgrade(self));
@@ -225,8 +265,10 @@ impl SessionStore for NatsState {
                     && !kicked
                 {
                     kicked = true;
-                    self.kick(owner, &client_id).await;
-                    continue; // re-read what the old owner saved on its way out
+                    if self.is_alive(owner).await {
+                        self.kick(owner, &client_id).await;
+                        continue; // re-read what the old owner saved on its way out
+                    }
                 }
                 let epoch = current.as_ref().map_or(0, |c| c.epoch) + 1;
                 let record = if clean_start {
@@ -360,5 +402,22 @@ impl SessionStore for NatsState {
 
     fn is_shared(&self) -> bool {
         true
+    }
+
+    fn announce<'a>(
+        &'a self,
+        client_id: &'a str,
+        will: Option<&'a Will>,
+    ) -> BoxFuture<'a, Result<(), StateError>> {
+        Box::pin(async move {
+            let Some(own) = self.owned.0.lock().get(client_id).copied() else {
+                return Err(StateError::Fenced(client_id.to_owned()));
+            };
+            self.announce_owner(client_id, own.epoch, will).await
+        })
+    }
+
+    fn retire<'a>(&'a self, client_id: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(self.retire_owner(client_id))
     }
 }
