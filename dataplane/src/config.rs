@@ -64,6 +64,14 @@ pub struct HubArgs {
     /// How long SIGTERM waits for connections to close, in milliseconds.
     #[arg(long, env = "CMQ_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
     pub drain_timeout_ms: u64,
+    /// On SIGTERM, spread the disconnects of the hub's clients evenly over this period (in
+    /// milliseconds), so they reconnect to other hubs gradually rather than all at once.
+    #[arg(long, env = "CMQ_DRAIN_PERIOD_MS", default_value_t = 0)]
+    pub drain_period_ms: u64,
+    /// Server reference for MQTT 5 clients disconnected by a drain: they get DISCONNECT
+    /// 0x9C (use another server) with it instead of 0x8B (server shutting down).
+    #[arg(long, env = "CMQ_SERVER_REFERENCE")]
+    pub server_reference: Option<String>,
 }
 
 /// Limits every connection of the hub enforces.
@@ -82,6 +90,10 @@ pub struct Limits {
     /// How long a publisher waits for room in a connected subscriber's full queue before
     /// the QoS 1/2 delivery is dropped.
     pub max_publish_wait: Duration,
+    /// Period over which a drain spreads the disconnects.
+    pub drain_period: Duration,
+    /// Server reference sent with DISCONNECT 0x9C on drain (MQTT 5).
+    pub server_reference: Option<String>,
 }
 
 impl Default for Limits {
@@ -101,6 +113,8 @@ impl Default for Limits {
             topic_alias_maximum: 64,
             max_session_expiry: 7 * 24 * 3600,
             max_publish_wait: Duration::from_secs(5),
+            drain_period: Duration::ZERO,
+            server_reference: None,
         }
     }
 }
@@ -220,6 +234,8 @@ impl HubArgs {
                 .max_publish_wait_ms
                 .map(Duration::from_millis)
                 .unwrap_or(d.max_publish_wait),
+            drain_period: Duration::from_millis(self.drain_period_ms),
+            server_reference: self.server_reference.clone().filter(|r| !r.is_empty()),
         };
         validate(&limits)?;
         Ok((listeners, limits))

@@ -164,7 +164,9 @@ async fn run(
         let _ = s.await;
     }
     tasks.close();
-    let drain = Duration::from_millis(args.drain_timeout_ms);
+    // A spread drain needs its whole period, whatever the timeout says.
+    let drain = Duration::from_millis(args.drain_timeout_ms)
+        .max(Duration::from_millis(args.drain_period_ms) + Duration::from_secs(1));
     if tokio::time::timeout(drain, tasks.wait()).await.is_err() {
         warn!(
             left = tasks.len(),

@@ -364,6 +364,14 @@ impl Broker {
             cursors,
             delivered,
             connected,
+            incoming_qos2: claim.state.incoming_qos2.clone(),
+            released_qos2: claim
+                .state
+                .outgoing
+                .iter()
+                .filter(|i| matches!(i.stage, Stage::Released))
+                .map(|i| i.pkid)
+                .collect(),
         }
     }
 

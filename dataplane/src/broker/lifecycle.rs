@@ -10,7 +10,7 @@ use tracing::{debug, info, warn};
 
 use super::Broker;
 use super::cluster::ReplayPlan;
-use super::session::{Session, SessionState};
+use super::session::{Inflight, Session, SessionState, Stage};
 use super::will::Will;
 use crate::state::{SessionRecord, StateError};
 
@@ -383,5 +383,17 @@ impl Broker {
         }
         state.expiry_interval = record.expiry_interval;
         state.established = true;
+        // QoS 2 flows survive the move: a resent PUBLISH is recognised, and PUBREL is
+        // sent again for what the client already acknowledged with PUBREC.
+        state.incoming_qos2 = record.incoming_qos2.clone();
+        for &pkid in &record.released_qos2 {
+            state.outgoing.push_back(Inflight {
+                pkid,
+                stage: Stage::Released,
+            });
+        }
+        if let Some(last) = record.released_qos2.last() {
+            state.next_pkid = *last;
+        }
     }
 }

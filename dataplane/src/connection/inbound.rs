@@ -49,6 +49,8 @@ impl Connection {
                 match pending.iter().position(|id| *id == r.pkid) {
                     Some(pos) => {
                         pending.swap_remove(pos);
+                        // The id may be reused once PUBCOMP is out: record that first.
+                        Box::pin(self.save_qos2_state()).await?;
                     }
                     None => comp.reason = PubCompReason::PacketIdentifierNotFound,
                 }
@@ -182,6 +184,8 @@ impl Connection {
             (QoS::AtLeastOnce, Ok(_)) => self.send(Packet::PubAck(PubAck::new(p.pkid))),
             (QoS::ExactlyOnce, Ok(_)) => {
                 self.claim.state.incoming_qos2.push(p.pkid);
+                // A resend after a move to another hub must be recognised: record first.
+                Box::pin(self.save_qos2_state()).await?;
                 self.send(Packet::PubRec(PubRec::new(p.pkid)));
             }
             (qos, Err(_)) => self.nack_with(qos, p.pkid, 0x80),
@@ -332,6 +336,22 @@ impl Connection {
             Err(StateError::Fenced(_)) => Err(Exit::TakenOver),
             Err(e) => {
                 warn!(error = %e, "could not save the session's subscriptions");
+                Ok(())
+            }
+        }
+    }
+
+    /// Cluster mode: saves a persistent session's QoS 2 packet ids before the client is
+    /// told, so the exactly-once flow survives this hub.
+    async fn save_qos2_state(&mut self) -> Result<(), Exit> {
+        if !self.broker.is_cluster() {
+            return Ok(());
+        }
+        match self.broker.checkpoint(&self.claim).await {
+            Ok(()) => Ok(()),
+            Err(StateError::Fenced(_)) => Err(Exit::TakenOver),
+            Err(e) => {
+                warn!(error = %e, "could not save the QoS 2 state");
                 Ok(())
             }
         }

@@ -46,6 +46,8 @@ pub enum Exit {
     TakenOver,
     /// The hub is shutting down.
     Shutdown,
+    /// The hub is draining and sends its clients to another server (MQTT 5 0x9C).
+    Moved,
     /// Nothing arrived within 1.5 × keep-alive.
     KeepAliveTimeout,
     /// The client broke the protocol; the reason code says how.
@@ -61,7 +63,7 @@ impl Exit {
             Self::ClientDisconnect { .. } => "client_disconnect",
             Self::Closed => "closed",
             Self::TakenOver => "taken_over",
-            Self::Shutdown => "shutdown",
+            Self::Shutdown | Self::Moved => "shutdown",
             Self::KeepAliveTimeout => "keep_alive_timeout",
             Self::Violation { .. } => "protocol_violation",
         }
@@ -72,6 +74,7 @@ impl Exit {
         match self {
             Self::TakenOver => Some(DisconnectReasonCode::SessionTakenOver),
             Self::Shutdown => Some(DisconnectReasonCode::ServerShuttingDown),
+            Self::Moved => Some(DisconnectReasonCode::UseAnotherServer),
             Self::KeepAliveTimeout => Some(DisconnectReasonCode::KeepAliveTimeout),
             Self::Violation { code, .. } => Some(*code),
             Self::ClientDisconnect { .. } | Self::Closed => None,
@@ -221,6 +224,8 @@ impl Connection {
             .is_cluster()
             .then(|| Box::pin(tokio::time::sleep(TRACKING_TICK)));
         let mut ticks = 0u32;
+        // Set when a drain picked this connection's moment to leave.
+        let mut drain_at: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
         // Data that arrived together with CONNECT. `process_input` is boxed at every call:
         // its future (publish, backpressure wait) would otherwise double the size of every
         // connection's task, idle ones included (one allocation per read wake-up instead).
@@ -250,7 +255,20 @@ impl Connection {
             tokio::select! {
                 biased;
                 _ = kicked.cancelled() => return Exit::TakenOver,
-                _ = shutdown.cancelled() => return Exit::Shutdown,
+                _ = shutdown.cancelled(), if drain_at.is_none() => {
+                    let period = self.broker.limits.drain_period;
+                    if period.is_zero() {
+                        return self.drain_exit();
+                    }
+                    let wait = period.mul_f64(rand::random::<f64>());
+                    drain_at = Some(Box::pin(tokio::time::sleep(wait)));
+                }
+                _ = async {
+                    match drain_at.as_mut() {
+                        Some(at) => at.await,
+                        None => std::future::pending().await,
+                    }
+                }, if drain_at.is_some() => return self.drain_exit(),
                 read = transport.read(&mut self.read_buf) => {
                     match read {
                         Ok(0) => return Exit::Closed,
@@ -299,6 +317,13 @@ impl Connection {
         }
     }
 
+    fn drain_exit(&self) -> Exit {
+        match (&self.broker.limits.server_reference, self.version.is_v5()) {
+            (Some(_), true) => Exit::Moved,
+            _ => Exit::Shutdown,
+        }
+    }
+
     /// Cluster mode: advances the cursors and checkpoints a persistent session now and then.
     async fn on_tracking_tick(&mut self, ticks: u32) -> Result<(), Exit> {
         let dirty = self.broker.tick(&self.claim);
@@ -324,10 +349,12 @@ impl Connection {
             0 => WRITE_TIMEOUT,
             k => Duration::from_millis(u64::from(k) * 1500),
         };
+        let immediate_shutdown = self.broker.limits.drain_period.is_zero();
         let result = tokio::select! {
             r = transport.write_all(&self.write_buf) => r,
             _ = kicked.cancelled() => return Err(Exit::TakenOver),
-            _ = shutdown.cancelled() => return Err(Exit::Shutdown),
+            // A drain spread over a period lets writes finish; the run loop decides when.
+            _ = shutdown.cancelled(), if immediate_shutdown => return Err(Exit::Shutdown),
             _ = tokio::time::sleep(patience) => {
                 return Err(Exit::violation(DisconnectReasonCode::KeepAliveTimeout, "client stopped reading"));
             }
@@ -393,6 +420,14 @@ impl Connection {
         if let (true, Some(code)) = (self.version.is_v5(), exit.server_reason()) {
             let mut d = Disconnect::new();
             d.reason_code = code;
+            if let Exit::Moved = &exit {
+                d.properties = Some(DisconnectProperties {
+                    session_expiry_interval: None,
+                    reason_string: None,
+                    user_properties: Vec::new(),
+                    server_reference: self.broker.limits.server_reference.clone(),
+                });
+            }
             if let Exit::Violation { why, .. } = &exit {
                 // A reason string is allowed on DISCONNECT whatever the client's request
                 // problem information says (MQTT 5 3.1.2.11.7).

@@ -62,6 +62,10 @@ pub struct SessionRecord {
     pub delivered: Vec<StreamPos>,
     /// Whether a connection holds the session (else it waits for a reconnect).
     pub connected: bool,
+    /// Packet ids of incoming QoS 2 messages accepted but not yet released (PUBREL).
+    pub incoming_qos2: Vec<u16>,
+    /// Packet ids of outgoing QoS 2 messages released (PUBREL sent, PUBCOMP awaited).
+    pub released_qos2: Vec<u16>,
 }
 
 /// Persistent session records, with one owner per session in the cluster.

@@ -56,6 +56,10 @@ struct Stored {
     cursors: Vec<u64>,
     #[serde(default)]
     delivered: Vec<(u16, u64)>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    q2in: Vec<u16>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    q2rel: Vec<u16>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -94,6 +98,8 @@ impl Stored {
                 .collect(),
             cursors: record.cursors.clone(),
             delivered: record.delivered.iter().map(|p| (p.shard, p.seq)).collect(),
+            q2in: record.incoming_qos2.clone(),
+            q2rel: record.released_qos2.clone(),
         }
     }
 
@@ -129,6 +135,8 @@ impl Stored {
                 .map(|&(shard, seq)| StreamPos { shard, seq })
                 .collect(),
             connected: self.owner.is_some(),
+            incoming_qos2: self.q2in.clone(),
+            released_qos2: self.q2rel.clone(),
         }
     }
 
