@@ -76,6 +76,22 @@ impl Router for Broker {
         }
     }
 
+    fn resync(&self) {
+        let sessions: Vec<Arc<Session>> = self.registry.lock().values().cloned().collect();
+        let mut marked = 0usize;
+        for session in sessions {
+            if let Some(t) = session.tracking.lock().as_mut() {
+                t.resync = true;
+                marked += 1;
+            }
+            session.notify.notify_one();
+        }
+        info!(
+            sessions = marked,
+            "NATS link restored: sessions catch up from their cursors"
+        );
+    }
+
     fn evict(&self, client_id: String) -> BoxFuture<'_, bool> {
         Box::pin(async move {
             let Some(session) = self.registry.lock().get(client_id.as_str()).cloned() else {
@@ -147,6 +163,35 @@ impl Broker {
         let replay = tracking.replaying;
         *claim.session.tracking.lock() = Some(Box::new(tracking));
         claim.replay = replay.then(|| Box::new(plan));
+    }
+
+    /// Called by the connection on each wake-up: starts a catch-up from the cursors when
+    /// the live feed may have lost messages. What was queued since the cursors is skipped.
+    pub fn resync_if_needed(self: &Arc<Self>, claim: &mut Claim) {
+        let skip = {
+            let mut guard = claim.session.tracking.lock();
+            let Some(t) = guard.as_mut().filter(|t| t.resync) else {
+                return;
+            };
+            t.resync = false;
+            if t.replaying || t.cursors.is_empty() {
+                return;
+            }
+            t.replaying = true;
+            t.older.iter().chain(&t.recent).copied().collect()
+        };
+        let subscriptions = claim
+            .state
+            .subscriptions
+            .iter()
+            .filter(|(f, o)| !f.starts_with("$share/") && o.qos != QoS::AtMostOnce)
+            .map(|(f, o)| (f.clone(), *o))
+            .collect();
+        claim.replay = Some(Box::new(ReplayPlan {
+            subscriptions,
+            skip,
+        }));
+        self.start_replay(claim);
     }
 
     /// Starts catching a resumed session up from its cursors (after CONNACK is queued).

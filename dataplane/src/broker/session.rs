@@ -70,6 +70,8 @@ pub struct Tracking {
     pub overflowed: bool,
     /// Something changed since the last checkpoint.
     pub dirty: bool,
+    /// The live feed may have lost messages (NATS reconnected): catch up from the cursors.
+    pub resync: bool,
 }
 
 /// Who currently owns the session, and its pending timers.

@@ -19,6 +19,7 @@ impl Connection {
     /// Moves deliveries from the mailbox into the write buffer until it is empty, the
     /// in-flight window is full, or the buffer should be flushed.
     pub(super) fn drain_mailbox(&mut self) {
+        self.broker.resync_if_needed(&mut self.claim);
         let session = self.claim.session.clone();
         let mut batch = std::mem::take(&mut self.batch);
         let window = self.outbound_window();

@@ -53,6 +53,9 @@ pub trait Router: Send + Sync {
     /// Another hub takes the session of `client_id` over: close its connection here and
     /// resolve once its state is saved. Returns whether a connection was closed.
     fn evict(&self, client_id: String) -> BoxFuture<'_, bool>;
+    /// The link to NATS came back (or a subscription overflowed): live messages may have
+    /// been lost, so sessions catch up from their cursors.
+    fn resync(&self);
     /// A session released from a dead hub: fire its will (the crash closed its connection
     /// abnormally) and run its expiry timer here.
     fn adopt_orphan(&self, client_id: String, will: Option<Will>, expiry: u32);
@@ -92,22 +95,30 @@ impl NatsState {
     pub async fn connect(config: NatsConfig) -> Result<Arc<Self>, StateError> {
         let names = Names::new(&config.cluster, &config.hub_id)
             .map_err(|e| unavailable("checking the cluster name", e))?;
+        let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
         let client = async_nats::ConnectOptions::new()
             .name(format!("cmq-hub {}", config.hub_id))
             .retry_on_initial_connect()
             .max_reconnects(None)
-            .event_callback(|event| async move {
-                match event {
-                    async_nats::Event::Connected => info!("NATS connected"),
-                    async_nats::Event::Disconnected => warn!("NATS disconnected"),
-                    other => info!(event = %other, "NATS event"),
+            .event_callback(move |event| {
+                let events = events_tx.clone();
+                async move {
+                    match &event {
+                        async_nats::Event::Connected => info!("NATS connected"),
+                        async_nats::Event::Disconnected => warn!("NATS disconnected"),
+                        other => info!(event = %other, "NATS event"),
+                    }
+                    let _ = events.send(event);
                 }
             })
             .connect(config.url.as_str())
             .await
             .map_err(|e| unavailable("connecting to NATS", e))?;
+        // A publish that NATS does not acknowledge in time is refused to the client (which
+        // sends it again) rather than acknowledged and possibly lost.
         let js = jetstream::ContextBuilder::new()
             .timeout(Duration::from_secs(5))
+            .ack_timeout(Duration::from_secs(5))
             .build(client.clone());
         let mut msgs = Vec::with_capacity(usize::from(config.shards));
         for shard in 0..config.shards {
@@ -176,6 +187,7 @@ impl NatsState {
         state.start_control().await?;
         state.start_retained_counter();
         state.start_presence();
+        state.start_event_watch(events);
         info!(
             cluster = %state.config.cluster,
             hub = %state.config.hub_id,
@@ -222,6 +234,32 @@ impl NatsState {
         let mut tasks = self.tasks.lock();
         tasks.retain(|t| !t.is_finished());
         tasks.push(handle);
+    }
+
+    /// Turns NATS link events into catch-ups: after a reconnect or a slow-consumer drop,
+    /// messages of the live feed may be missing.
+    fn start_event_watch(
+        self: &Arc<Self>,
+        mut events: tokio::sync::mpsc::UnboundedReceiver<async_nats::Event>,
+    ) {
+        let weak = Arc::downgrade(self);
+        self.spawn(async move {
+            let mut lost_link = false;
+            while let Some(event) = events.recv().await {
+                let resync = match event {
+                    async_nats::Event::Disconnected => {
+                        lost_link = true;
+                        false
+                    }
+                    async_nats::Event::Connected => std::mem::take(&mut lost_link),
+                    async_nats::Event::SlowConsumer(_) => true,
+                    _ => false,
+                };
+                if resync && let Some(router) = weak.upgrade().and_then(|s| s.router()) {
+                    router.resync();
+                }
+            }
+        });
     }
 
     /// Keeps the retained-message count for the metric (a count needs a stream info call,
