@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The whole test suite: formatting, lints, Rust unit/property/component tests, and the
+# The whole test suite: formatting, lints, Rust unit/property/component tests, the
 # protocol tests that drive a running `cmq standalone` with clients written by others
-# (Python paho-mqtt, mosquitto_pub/mosquitto_sub). Installs those clients when missing.
+# (Python paho-mqtt, mosquitto_pub/mosquitto_sub), the same protocol tests against
+# `cmq hub` on NATS JetStream state, and the cluster tests (several `cmq hub` processes on
+# one nats-server). Installs the clients and nats-server (into ~/.cache/cmq) when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,16 +21,40 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "cargo test"
 cargo test --workspace
 
+# run_suite NAME DIR PYTEST-ARGS...: runs one pytest suite, records a failure (exit status 5,
+# "no tests collected", counts as one) and carries on, so one run reports every suite.
+failed=()
+run_suite() {
+  local name="$1" dir="$2"
+  shift 2
+  local status=0
+  (cd "$dir" && python3 -m pytest -p no:cacheprovider -q "$@") || status=$?
+  if [ "$status" -eq 5 ]; then
+    echo "no $name tests were collected" >&2
+  fi
+  if [ "$status" -ne 0 ]; then
+    failed+=("$name (exit $status)")
+  fi
+}
+
 step "protocol tests (paho-mqtt, mosquitto clients) against cmq standalone"
 cargo build -p cmq --bin cmq
 export CMQ_BIN="$PWD/target/debug/cmq"
-cd dataplane/tests/protocol
-set +e
-python3 -m pytest -p no:cacheprovider -q --broker=cmq
-status=$?
-set -e
-if [ "$status" -eq 5 ]; then
-  echo "no protocol tests were collected" >&2
+run_suite "protocol (memory state)" dataplane/tests/protocol --broker=cmq
+
+step "installing nats-server when missing"
+NATS_SERVER_BIN="$(scripts/install-nats.sh | tail -n 1)"
+export NATS_SERVER_BIN
+
+step "protocol tests against cmq hub on NATS JetStream state"
+run_suite "protocol (nats state)" dataplane/tests/protocol --broker=cmq --state=nats
+
+step "cluster tests: several cmq hub processes on one nats-server"
+run_suite "cluster" dataplane/tests/cluster
+
+if [ "${#failed[@]}" -gt 0 ]; then
+  echo >&2
+  printf 'FAILED: %s\n' "${failed[@]}" >&2
   exit 1
 fi
-exit "$status"
+printf '\nall test suites passed\n'

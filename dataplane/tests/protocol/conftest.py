@@ -2,6 +2,13 @@
 
     pytest --broker=cmq         # default; binary from $CMQ_BIN or <repo>/target/debug/cmq
     pytest --broker=mosquitto   # reference broker (Debian mosquitto 2.0.x)
+    pytest --state=nats         # cmq on NATS JetStream state: `cmq hub` on one nats-server
+
+With ``--state=nats`` (env CMQ_TEST_STATE) one session-scoped nats-server is started
+(binary from $NATS_SERVER_BIN or scripts/install-nats.sh) and every broker is a
+single ``cmq hub --nats URL --cluster <fresh random name> --hub-id h1`` with the same
+listener and limit flags, so brokers of different tests never share state. The option
+does not apply to mosquitto.
 
 The ``broker`` fixture is a factory: ``b = broker()`` or
 ``b = broker(max_connections=3, max_packet_size=1024)`` starts a fresh broker on
@@ -17,6 +24,8 @@ from __future__ import annotations
 
 import os
 import random
+import sys
+import uuid
 import shutil
 import signal
 import socket
@@ -32,6 +41,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[2]  # dataplane/tests/protocol -> repo root
 HOST = "127.0.0.1"
+sys.path.insert(1, str(HERE.parent / "support"))  # natsserver (only used with --state=nats)
 
 # limit name -> cmq CLI flag
 CMQ_FLAGS = {
@@ -57,6 +67,14 @@ def pytest_addoption(parser):
         default=os.environ.get("CMQ_TEST_BROKER", "cmq"),
         choices=("cmq", "mosquitto"),
         help="broker under test (default: cmq; env CMQ_TEST_BROKER)",
+    )
+    parser.addoption(
+        "--state",
+        action="store",
+        default=os.environ.get("CMQ_TEST_STATE", "memory"),
+        choices=("memory", "nats"),
+        help="cmq state: memory (`cmq standalone`, default) or nats (`cmq hub` on a "
+             "nats-server); env CMQ_TEST_STATE; ignored for mosquitto",
     )
 
 
@@ -122,8 +140,9 @@ def _http_ok(port: int, path: str) -> bool:
 
 
 class Broker:
-    def __init__(self, kind: str, limits: dict, workdir: Path):
+    def __init__(self, kind: str, limits: dict, workdir: Path, nats_url: str | None = None):
         self.kind = kind
+        self.nats_url = nats_url  # cmq only: run `cmq hub` on this NATS instead of standalone
         self.limits = dict(limits)
         self.host = HOST
         self.port = free_port()
@@ -140,8 +159,14 @@ class Broker:
             binary = str(REPO_ROOT / binary)
         if not os.path.exists(binary):
             pytest.fail(f"cmq binary not found at {binary} (build it or set CMQ_BIN)")
+        if self.nats_url:
+            # a fresh cluster name per broker: no state shared with other tests
+            mode = ["hub", "--nats", self.nats_url, "--cluster", f"p{uuid.uuid4().hex[:10]}",
+                    "--hub-id", "h1"]
+        else:
+            mode = ["standalone"]
         cmd = [
-            binary, "standalone",
+            binary, *mode,
             "--mqtt-listen", f"{HOST}:{self.port}",
             "--ws-listen", f"{HOST}:{self.ws_port}",
             "--admin-listen", f"{HOST}:{self.admin_port}",
@@ -190,8 +215,12 @@ class Broker:
         self.log = open(self.log_path, "wb")
         env = dict(os.environ)
         env.setdefault("RUST_LOG", "info")
+        if self.nats_url:
+            for var in ("CMQ_NATS_URL", "CMQ_CLUSTER", "CMQ_HUB_ID"):
+                env.pop(var, None)
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + 10
+        # a hub on NATS also connects and creates its streams before it is ready
+        deadline = time.monotonic() + (30 if self.nats_url else 10)
         ports = [self.port, self.ws_port]
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -244,13 +273,28 @@ def broker_kind(request) -> str:
     return request.config.getoption("--broker")
 
 
+@pytest.fixture(scope="session")
+def nats_url(request, broker_kind, tmp_path_factory):
+    """URL of the session's nats-server with --state=nats (cmq only), else None."""
+    if broker_kind != "cmq" or request.config.getoption("--state") != "nats":
+        yield None
+        return
+    from natsserver import NatsServer
+    try:
+        srv = NatsServer(tmp_path_factory.mktemp("nats"), name="nats-protocol").start()
+    except RuntimeError as e:
+        pytest.exit(f"--state=nats: could not start nats-server: {e}", returncode=1)
+    yield srv.url
+    srv.stop()
+
+
 @pytest.fixture
-def broker(request, broker_kind, tmp_path):
+def broker(request, broker_kind, nats_url, tmp_path):
     """Factory: ``broker(**limits)`` -> started Broker (killed at teardown)."""
     started: list[Broker] = []
 
     def factory(**limits) -> Broker:
-        b = Broker(broker_kind, limits, tmp_path).start()
+        b = Broker(broker_kind, limits, tmp_path, nats_url=nats_url).start()
         started.append(b)
         return b
 
