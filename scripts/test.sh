@@ -49,8 +49,8 @@ export NATS_SERVER_BIN
 step "protocol tests against cmq hub on NATS JetStream state"
 run_suite "protocol (nats state)" dataplane/tests/protocol --broker=cmq --state=nats
 
-step "cluster tests: several cmq hub processes on one nats-server"
-run_suite "cluster" dataplane/tests/cluster
+step "cluster tests: several cmq hub processes on one nats-server and on a 3-node NATS cluster"
+run_suite "cluster" dataplane/tests/cluster --run-nats-cluster
 
 if [ "${#failed[@]}" -gt 0 ]; then
   echo >&2

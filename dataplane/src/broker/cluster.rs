@@ -18,7 +18,7 @@ use super::session::{Queued, Session, Stage, Tracking};
 use super::subscriptions::Blocked;
 use super::will::Will;
 use crate::state::nats::Router;
-use crate::state::{SessionRecord, StateError};
+use crate::state::{OutgoingRecord, SessionRecord, StateError};
 
 /// Stored messages fetched per replay request.
 const REPLAY_PAGE: usize = 256;
@@ -30,6 +30,9 @@ const EVICT_TIMEOUT: Duration = Duration::from_secs(3);
 pub struct ReplayPlan {
     pub subscriptions: Vec<(String, SubOptions)>,
     pub skip: HashSet<StreamPos>,
+    /// Most messages to queue (an offline session's queue limit); the rest is dropped
+    /// and counted, as a full queue on a single hub would.
+    pub limit: usize,
 }
 
 impl Router for Broker {
@@ -148,7 +151,10 @@ impl Broker {
     /// Starts tracking a claimed session's stored messages; `record` is what it resumes.
     pub(super) fn start_tracking(&self, claim: &mut Claim, record: Option<&SessionRecord>) {
         let mut tracking = Tracking::default();
-        let mut plan = ReplayPlan::default();
+        let mut plan = ReplayPlan {
+            limit: self.limits.max_queued_messages,
+            ..ReplayPlan::default()
+        };
         if let Some(record) = record {
             tracking.cursors = record.cursors.clone();
             plan.subscriptions = record
@@ -158,6 +164,16 @@ impl Broker {
                 .cloned()
                 .collect();
             plan.skip = record.delivered.iter().copied().collect();
+            // In flight again already (restored with their packet ids): skipped by the
+            // replay, and tracked as queued so they settle into the cursors.
+            let inflight = record.outgoing.iter().filter_map(|o| match o {
+                OutgoingRecord::Published { pos, .. } => Some(*pos),
+                OutgoingRecord::Released { .. } => None,
+            });
+            for pos in inflight {
+                plan.skip.insert(pos);
+                tracking.recent.push(pos);
+            }
             tracking.replaying = !plan.subscriptions.is_empty() && !tracking.cursors.is_empty();
         }
         let replay = tracking.replaying;
@@ -190,6 +206,7 @@ impl Broker {
         claim.replay = Some(Box::new(ReplayPlan {
             subscriptions,
             skip,
+            limit: usize::MAX,
         }));
         self.start_replay(claim);
     }
@@ -246,6 +263,14 @@ impl Broker {
                         if let Some(delivery) = delivery_for(session, &plan.subscriptions, &message)
                         {
                             replayed += 1;
+                            if replayed > plan.limit {
+                                // Dropped like an overflow; settled so it is not replayed.
+                                self.metrics.dropped_queue_full.inc();
+                                if let Some(t) = session.tracking.lock().as_mut() {
+                                    t.recent.push(pos);
+                                }
+                                continue;
+                            }
                             self.push_waiting(session, delivery, pos).await;
                         }
                     }
@@ -410,12 +435,19 @@ impl Broker {
             delivered,
             connected,
             incoming_qos2: claim.state.incoming_qos2.clone(),
-            released_qos2: claim
+            outgoing: claim
                 .state
                 .outgoing
                 .iter()
-                .filter(|i| matches!(i.stage, Stage::Released))
-                .map(|i| i.pkid)
+                .filter_map(|i| match &i.stage {
+                    Stage::Published(d) => d.message.stored.map(|pos| OutgoingRecord::Published {
+                        pkid: i.pkid,
+                        pos,
+                        qos: d.qos,
+                        retain: d.retain,
+                    }),
+                    Stage::Released => Some(OutgoingRecord::Released { pkid: i.pkid }),
+                })
                 .collect(),
         }
     }

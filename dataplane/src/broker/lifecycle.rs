@@ -10,9 +10,10 @@ use tracing::{debug, info, warn};
 
 use super::Broker;
 use super::cluster::ReplayPlan;
+use super::message::Delivery;
 use super::session::{Inflight, Session, SessionState, Stage};
 use super::will::Will;
-use crate::state::{SessionRecord, StateError};
+use crate::state::{OutgoingRecord, SessionRecord, StateError};
 
 /// How long a takeover waits for the previous connection to let go of the session.
 const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -131,7 +132,7 @@ impl Broker {
             }
             let resumed = record.filter(|_| created && !clean_start);
             if let Some(record) = &resumed {
-                self.restore_session(&session, &mut state, record);
+                self.restore_session(&session, &mut state, record).await;
                 present = true;
             }
             let mut claim = Claim {
@@ -370,7 +371,7 @@ impl Broker {
     }
 
     /// Restores the subscriptions of a stored session this hub did not hold.
-    fn restore_session(
+    async fn restore_session(
         &self,
         session: &Arc<Session>,
         state: &mut SessionState,
@@ -383,17 +384,36 @@ impl Broker {
         }
         state.expiry_interval = record.expiry_interval;
         state.established = true;
-        // QoS 2 flows survive the move: a resent PUBLISH is recognised, and PUBREL is
-        // sent again for what the client already acknowledged with PUBREC.
+        // QoS 1/2 flows survive a move between hubs: a resent PUBLISH from the client is
+        // recognised, and what was in flight to it is sent again with its packet id.
         state.incoming_qos2 = record.incoming_qos2.clone();
-        for &pkid in &record.released_qos2 {
-            state.outgoing.push_back(Inflight {
-                pkid,
-                stage: Stage::Released,
-            });
-        }
-        if let Some(last) = record.released_qos2.last() {
-            state.next_pkid = *last;
+        for out in &record.outgoing {
+            let (pkid, stage) = match *out {
+                OutgoingRecord::Released { pkid } => (pkid, Stage::Released),
+                OutgoingRecord::Published {
+                    pkid,
+                    pos,
+                    qos,
+                    retain,
+                } => match self.state.bus.fetch(pos).await {
+                    Ok(Some(message)) => (
+                        pkid,
+                        Stage::Published(Delivery {
+                            message,
+                            qos,
+                            retain,
+                            subscription_ids: Vec::new(),
+                        }),
+                    ),
+                    Ok(None) => continue, // expired or aged out of the stream
+                    Err(e) => {
+                        warn!(error = %e, "could not fetch a message in flight");
+                        continue;
+                    }
+                },
+            };
+            state.next_pkid = pkid;
+            state.outgoing.push_back(Inflight { pkid, stage });
         }
     }
 }

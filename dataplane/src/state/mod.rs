@@ -64,8 +64,23 @@ pub struct SessionRecord {
     pub connected: bool,
     /// Packet ids of incoming QoS 2 messages accepted but not yet released (PUBREL).
     pub incoming_qos2: Vec<u16>,
-    /// Packet ids of outgoing QoS 2 messages released (PUBREL sent, PUBCOMP awaited).
-    pub released_qos2: Vec<u16>,
+    /// Outgoing QoS 1/2 messages in flight, in the order they were sent, so a resume on
+    /// any hub sends them again with their packet ids.
+    pub outgoing: Vec<OutgoingRecord>,
+}
+
+/// One outgoing message in flight, as stored.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum OutgoingRecord {
+    /// PUBLISH of a stored message sent, not acknowledged yet.
+    Published {
+        pkid: u16,
+        pos: StreamPos,
+        qos: mqttbytes::QoS,
+        retain: bool,
+    },
+    /// QoS 2 PUBREL sent, PUBCOMP awaited.
+    Released { pkid: u16 },
 }
 
 /// Persistent session records, with one owner per session in the cluster.
@@ -123,6 +138,10 @@ pub trait MessageBus: Send + Sync {
     /// The newest position of each message shard (the cursors of a new session).
     fn heads(&self) -> BoxFuture<'_, Result<Vec<u64>, StateError>> {
         Box::pin(futures_util::future::ready(Ok(Vec::new())))
+    }
+    /// The stored message at `pos`, if it is still kept.
+    fn fetch(&self, _pos: StreamPos) -> BoxFuture<'_, Result<Option<Arc<Message>>, StateError>> {
+        Box::pin(futures_util::future::ready(Ok(None)))
     }
     /// Stored messages of `shard` after `after` whose topics match one of `filters`,
     /// oldest first, at most `limit`.

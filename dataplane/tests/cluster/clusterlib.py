@@ -52,6 +52,9 @@ LIMIT_FLAGS = {
     "max_session_expiry": "--max-session-expiry",
     "drain_timeout_ms": "--drain-timeout-ms",
     "max_publish_wait_ms": "--max-publish-wait-ms",
+    "drain_period_ms": "--drain-period-ms",
+    "server_reference": "--server-reference",
+    "offline_retention_secs": "--offline-retention-secs",
 }
 
 CLUSTER_NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -154,9 +157,9 @@ class Hub:
         if not os.path.exists(binary):
             raise HubError(f"cmq binary not found at {binary} (build it or set CMQ_BIN)")
         cmd = self.command()
-        env = dict(os.environ)
-        for var in ("CMQ_NATS_URL", "CMQ_CLUSTER", "CMQ_HUB_ID"):
-            env.pop(var, None)  # the flags say it all; no surprises from the caller's env
+        # every hub setting has a CMQ_* variable; the flags above say it all, so nothing in
+        # the caller's environment (CMQ_CLUSTER, CMQ_MAX_CONNECTIONS, ...) leaks in
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CMQ_")}
         env.setdefault("RUST_LOG", "info")
         env.setdefault("RUST_BACKTRACE", "1")
         self._log = open(self.log_path, "ab")
@@ -208,9 +211,11 @@ class Hub:
 
     def wait_exit(self, timeout: float | None = None) -> int:
         """Wait for the process to end; SIGKILL and fail if it takes longer than ``timeout``
-        (default: the drain timeout plus 10 s)."""
+        (default: drain timeout plus drain period plus 10 s)."""
         if timeout is None:
-            timeout = int(self.cluster.limits.get("drain_timeout_ms", 10_000)) / 1000 + 10
+            lim = self.cluster.limits
+            timeout = (int(lim.get("drain_timeout_ms", 10_000))
+                       + int(lim.get("drain_period_ms", 0))) / 1000 + 10
         try:
             rc = self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -546,6 +551,19 @@ def duplicates(payloads: Iterable[bytes]) -> dict[bytes, int]:
     for p in payloads:
         seen[p] = seen.get(p, 0) + 1
     return {p: n for p, n in seen.items() if n > 1}
+
+
+def ranges(numbers: Iterable[int]) -> str:
+    """Compact form of a set of integers: "0-251, 300, 302-310"."""
+    nums = sorted(set(numbers))
+    out, i = [], 0
+    while i < len(nums):
+        j = i
+        while j + 1 < len(nums) and nums[j + 1] == nums[j] + 1:
+            j += 1
+        out.append(f"{nums[i]}" if i == j else f"{nums[i]}-{nums[j]}")
+        i = j + 1
+    return ", ".join(out)
 
 
 def longest_increasing(seq: list[int]) -> int:

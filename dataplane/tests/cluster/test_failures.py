@@ -13,6 +13,7 @@ from clusterlib import (
     duplicates,
     longest_increasing,
     note,
+    ranges,
     uid,
     wait_all_acked,
     wait_for,
@@ -70,9 +71,11 @@ def _report(acked, received, label):
     note(f"{label}: {len(acked)} acknowledged, {len(received)} received "
          f"({len(set(received))} distinct), lost {lost}, {len(dups)} duplicated, "
          f"{longest_increasing(nums)} in order")
-    if dups:
-        note(f"  duplicates (payload: times): "
-             f"{sorted(dups.items(), key=lambda kv: int(kv[0][2:]))}")
+    by_times: dict[int, list[int]] = {}
+    for p, times in dups.items():
+        by_times.setdefault(times, []).append(int(p[2:]))
+    for times, nums_ in sorted(by_times.items()):
+        note(f"  received {times} times: m-[{ranges(nums_)}]")
 
 
 NK = 500

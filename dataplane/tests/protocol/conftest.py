@@ -80,9 +80,19 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "cmq_only: CMQ-specific behaviour/limit; skipped for mosquitto")
+    config.addinivalue_line(
+        "markers",
+        "memory_state_only(reason): behaviour of the in-memory state that cluster mode "
+        "deliberately does not have (docs/architecture.md); skipped with --state=nats")
 
 
 def pytest_collection_modifyitems(config, items):
+    if config.getoption("--broker") == "cmq" and config.getoption("--state") == "nats":
+        for item in items:
+            marker = item.get_closest_marker("memory_state_only")
+            if marker is not None:
+                why = marker.kwargs.get("reason") or (marker.args[0] if marker.args else "")
+                item.add_marker(pytest.mark.skip(reason=f"memory state only: {why}"))
     if config.getoption("--broker") != "mosquitto":
         return
     if os.environ.get("CMQ_TEST_RUN_CMQ_ONLY") == "1":

@@ -141,6 +141,29 @@ impl MessageBus for NatsState {
         })
     }
 
+    fn fetch(&self, pos: StreamPos) -> BoxFuture<'_, Result<Option<Arc<Message>>, StateError>> {
+        Box::pin(async move {
+            let Some(stream) = self.msgs.get(usize::from(pos.shard)) else {
+                return Ok(None);
+            };
+            let message = match stream.direct_get(pos.seq).await {
+                Ok(m) => m,
+                Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => return Ok(None),
+                Err(e) => return Err(unavailable("fetching a stored message", e)),
+            };
+            let Some(topic) = self.topic_of_stored(pos.shard, message.subject.as_str()) else {
+                return Ok(None);
+            };
+            Ok(codec::decode(
+                Arc::from(topic),
+                Some(&message.headers),
+                message.payload,
+                Some(pos),
+            )
+            .map(|d| d.message))
+        })
+    }
+
     fn replay<'a>(
         &'a self,
         shard: u16,

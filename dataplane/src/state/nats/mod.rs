@@ -111,9 +111,9 @@ impl NatsState {
                     let _ = events.send(event);
                 }
             })
-            .connect(config.url.as_str())
+            .connect(servers(&config.url)?)
             .await
-            .map_err(|e| unavailable("connecting to NATS", e))?;
+            .map_err(|e| unavailable("connecting to NATS", format!("{e} ({e:?})")))?;
         // A publish that NATS does not acknowledge in time is refused to the client (which
         // sends it again) rather than acknowledged and possibly lost.
         let js = jetstream::ContextBuilder::new()
@@ -284,6 +284,23 @@ impl NatsState {
             }
         });
     }
+}
+
+/// The servers of a comma-separated URL list.
+fn servers(urls: &str) -> Result<Vec<async_nats::ServerAddr>, StateError> {
+    let servers: Vec<async_nats::ServerAddr> = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| {
+            u.parse()
+                .map_err(|e| unavailable("reading the NATS URL", format!("{u:?}: {e}")))
+        })
+        .collect::<Result<_, _>>()?;
+    if servers.is_empty() {
+        return Err(unavailable("reading the NATS URL", "no server given"));
+    }
+    Ok(servers)
 }
 
 /// Creates a stream, or checks and updates an existing one to `config` (so a new hub

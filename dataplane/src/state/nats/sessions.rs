@@ -24,7 +24,7 @@ use super::names::Names;
 use super::{NatsState, unavailable};
 use crate::broker::message::{StreamPos, SubOptions};
 use crate::broker::will::Will;
-use crate::state::{SessionRecord, SessionStore, StateError};
+use crate::state::{OutgoingRecord, SessionRecord, SessionStore, StateError};
 
 /// How long a claim waits for the owning hub to let go.
 const KICK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -39,6 +39,8 @@ pub struct Owned(Mutex<HashMap<String, Own>>);
 struct Own {
     revision: u64,
     epoch: u64,
+    /// This hub released the session (its connection ended); timers may act on it.
+    released: bool,
 }
 
 /// The stored form of a session record (version 1).
@@ -59,7 +61,16 @@ struct Stored {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     q2in: Vec<u16>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    q2rel: Vec<u16>,
+    out: Vec<StoredOut>,
+}
+
+/// An outgoing message in flight: packet id, and for a PUBLISH its shard, sequence, QoS
+/// and retain flag (none: a QoS 2 PUBREL).
+#[derive(Serialize, Deserialize)]
+struct StoredOut {
+    p: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    m: Option<(u16, u64, u8, bool)>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -99,7 +110,22 @@ impl Stored {
             cursors: record.cursors.clone(),
             delivered: record.delivered.iter().map(|p| (p.shard, p.seq)).collect(),
             q2in: record.incoming_qos2.clone(),
-            q2rel: record.released_qos2.clone(),
+            out: record
+                .outgoing
+                .iter()
+                .map(|o| match *o {
+                    OutgoingRecord::Published {
+                        pkid,
+                        pos,
+                        qos,
+                        retain,
+                    } => StoredOut {
+                        p: pkid,
+                        m: Some((pos.shard, pos.seq, qos as u8, retain)),
+                    },
+                    OutgoingRecord::Released { pkid } => StoredOut { p: pkid, m: None },
+                })
+                .collect(),
         }
     }
 
@@ -136,7 +162,23 @@ impl Stored {
                 .collect(),
             connected: self.owner.is_some(),
             incoming_qos2: self.q2in.clone(),
-            released_qos2: self.q2rel.clone(),
+            outgoing: self
+                .out
+                .iter()
+                .map(|o| match o.m {
+                    Some((shard, seq, qos, retain)) => OutgoingRecord::Published {
+                        pkid: o.p,
+                        pos: StreamPos { shard, seq },
+                        qos: if qos == 2 {
+                            QoS::ExactlyOnce
+                        } else {
+                            QoS::AtLeastOnce
+                        },
+                        retain,
+                    },
+                    None => OutgoingRecord::Released { pkid: o.p },
+                })
+                .collect(),
         }
     }
 
@@ -212,10 +254,14 @@ impl NatsState {
         stored.owner = None;
         match self.sessions.update(&key, stored.encode(), revision).await {
             Ok(revision) => {
-                self.owned
-                    .0
-                    .lock()
-                    .insert(client_id.to_owned(), Own { revision, epoch });
+                self.owned.0.lock().insert(
+                    client_id.to_owned(),
+                    Own {
+                        revision,
+                        epoch,
+                        released: true,
+                    },
+                );
                 Ok(Some(expiry))
             }
             Err(e) if matches!(e.kind(), UpdateErrorKind::WrongLastRevision) => Ok(None),
@@ -316,10 +362,14 @@ impl SessionStore for NatsState {
                 };
                 match written {
                     Ok(revision) => {
-                        self.owned
-                            .0
-                            .lock()
-                            .insert(client_id.clone(), Own { revision, epoch });
+                        self.owned.0.lock().insert(
+                            client_id.clone(),
+                            Own {
+                                revision,
+                                epoch,
+                                released: false,
+                            },
+                        );
                         return Ok(record);
                     }
                     Err(Ok(())) => continue, // someone else wrote in between
@@ -349,6 +399,7 @@ impl SessionStore for NatsState {
                 {
                     Ok(revision) => {
                         own.revision = revision;
+                        own.released = !record.connected;
                         self.owned.0.lock().insert(record.client_id.clone(), own);
                         return Ok(());
                     }
@@ -396,6 +447,9 @@ impl SessionStore for NatsState {
             let Some(own) = self.owned.0.lock().get(&client_id).copied() else {
                 return false;
             };
+            if !own.released {
+                return false; // claimed again on this hub
+            }
             let key = Names::session_key(&client_id);
             match read(self, &key).await {
                 Ok((_, revision)) if revision == own.revision => true,
