@@ -71,6 +71,18 @@ pub struct BenchArgs {
     /// Broker MQTT port.
     #[arg(long, default_value_t = 1883, env = "CMQ_BENCH_PORT")]
     pub port: u16,
+    /// Several brokers (or hubs of one cluster) as `host:port,host:port,...`, instead of
+    /// --host/--port: connection i goes to target i mod n, so in pubsub mode publishers and
+    /// subscribers land on different hubs.
+    #[arg(long, env = "CMQ_BENCH_TARGETS", value_delimiter = ',')]
+    pub targets: Vec<String>,
+    /// Session expiry interval (MQTT 5) or clean session off (3.1.1) when not 0: idle
+    /// connections then hold persistent sessions.
+    #[arg(long, default_value_t = 0, env = "CMQ_BENCH_SESSION_EXPIRY")]
+    pub session_expiry: u32,
+    /// Idle mode: subscribe each connection to `<topic-prefix>/idle/<i>` with this QoS.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=2), env = "CMQ_BENCH_IDLE_SUBSCRIBE_QOS")]
+    pub idle_subscribe_qos: Option<u8>,
     /// MQTT protocol version: 4 (3.1.1) or 5.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(4..=5), env = "CMQ_BENCH_MQTT_VERSION")]
     pub mqtt_version: u8,
@@ -210,11 +222,26 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
     if args.mqtt_version != 4 && args.mqtt_version != 5 {
         bail!("--mqtt-version must be 4 or 5");
     }
-    let addr = (args.host.as_str(), args.port)
-        .to_socket_addrs()
-        .with_context(|| format!("resolving {}:{}", args.host, args.port))?
-        .next()
-        .with_context(|| format!("{} resolves to nothing", args.host))?;
+    let mut addrs = Vec::new();
+    if args.targets.is_empty() {
+        addrs.push(
+            (args.host.as_str(), args.port)
+                .to_socket_addrs()
+                .with_context(|| format!("resolving {}:{}", args.host, args.port))?
+                .next()
+                .with_context(|| format!("{} resolves to nothing", args.host))?,
+        );
+    }
+    for target in &args.targets {
+        addrs.push(
+            target
+                .to_socket_addrs()
+                .with_context(|| format!("resolving target {target}"))?
+                .next()
+                .with_context(|| format!("target {target} resolves to nothing"))?,
+        );
+    }
+    let addr = addrs[0];
     let nofile = raise_nofile();
     let conns_needed = match args.mode {
         Mode::Pubsub => args.publishers + args.subscribers,
@@ -242,7 +269,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
         1
     };
     let cfg = net::ConnCfg {
-        addr,
+        addrs,
+        session_expiry: args.session_expiry,
         v5: args.mqtt_version == 5,
         keep_alive: args.keep_alive,
         source_addrs,

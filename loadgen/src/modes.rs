@@ -85,9 +85,23 @@ pub(crate) async fn run_idle(args: &BenchArgs, cfg: ConnCfg) -> anyhow::Result<B
         let cfg = cfg.clone();
         let tx = ev_tx.clone();
         let release = release_rx.clone();
+        let idle_subscribe = args.idle_subscribe_qos;
+        let prefix = args.topic_prefix.clone();
         handles.push(tokio::spawn(async move {
             let t = Instant::now();
-            match net::connect(&cfg, &format!("b{pid}i{i}"), i).await {
+            let connected = match net::connect(&cfg, &format!("b{pid}i{i}"), i).await {
+                Ok(mut sess) => match idle_subscribe {
+                    Some(qos) => {
+                        let filter = format!("{prefix}/idle/{i}");
+                        net::subscribe(&cfg, &mut sess, &filter, qos)
+                            .await
+                            .map(|()| sess)
+                    }
+                    None => Ok(sess),
+                },
+                Err(e) => Err(e),
+            };
+            match connected {
                 Ok(sess) => {
                     let _ = tx.send(ConnEvent::Up {
                         latency: t.elapsed(),

@@ -15,7 +15,10 @@ use crate::codec::MAX_PACKET;
 /// Everything needed to open one MQTT session.
 #[derive(Debug, Clone)]
 pub struct ConnCfg {
-    pub addr: SocketAddr,
+    /// Connection i goes to `addrs[i % len]`.
+    pub addrs: Vec<SocketAddr>,
+    /// Not 0: persistent sessions (MQTT 5 session expiry; 3.1.1 clean session off).
+    pub session_expiry: u32,
     pub v5: bool,
     pub keep_alive: u16,
     /// If more than 1: bind connection i to 127.0.0.(1 + i % n) before connecting, to get
@@ -44,16 +47,17 @@ pub fn qos_of(q: u8) -> QoS {
 }
 
 async fn tcp_connect(cfg: &ConnCfg, idx: usize) -> anyhow::Result<TcpStream> {
-    let stream = if cfg.source_addrs > 1 && cfg.addr.ip().is_loopback() && cfg.addr.is_ipv4() {
+    let addr = cfg.addrs[idx % cfg.addrs.len().max(1)];
+    let stream = if cfg.source_addrs > 1 && addr.ip().is_loopback() && addr.is_ipv4() {
         let socket = TcpSocket::new_v4()?;
         let last = 1 + (idx % cfg.source_addrs as usize) as u8;
         socket.bind(SocketAddr::new(
             IpAddr::V4(Ipv4Addr::new(127, 0, 0, last)),
             0,
         ))?;
-        socket.connect(cfg.addr).await?
+        socket.connect(addr).await?
     } else {
-        TcpStream::connect(cfg.addr).await?
+        TcpStream::connect(addr).await?
     };
     stream.set_nodelay(true)?;
     Ok(stream)
@@ -107,6 +111,19 @@ async fn connect_inner(cfg: &ConnCfg, client_id: &str, idx: usize) -> anyhow::Re
         let mut c = mqttbytes::v5::Connect::new(client_id);
         c.keep_alive = cfg.keep_alive;
         c.clean_session = true;
+        if cfg.session_expiry > 0 {
+            c.properties = Some(mqttbytes::v5::ConnectProperties {
+                session_expiry_interval: Some(cfg.session_expiry),
+                receive_maximum: None,
+                max_packet_size: None,
+                topic_alias_max: None,
+                request_response_info: None,
+                request_problem_info: None,
+                user_properties: Vec::new(),
+                authentication_method: None,
+                authentication_data: None,
+            });
+        }
         if let Some((u, p)) = &cfg.login {
             c.set_login(u.as_str(), p.as_str());
         }
@@ -130,7 +147,7 @@ async fn connect_inner(cfg: &ConnCfg, client_id: &str, idx: usize) -> anyhow::Re
     } else {
         let mut c = mqttbytes::v4::Connect::new(client_id);
         c.keep_alive = cfg.keep_alive;
-        c.clean_session = true;
+        c.clean_session = cfg.session_expiry == 0;
         if let Some((u, p)) = &cfg.login {
             c.set_login(u.as_str(), p.as_str());
         }
