@@ -13,7 +13,7 @@ use tracing::{debug, info, warn};
 
 use super::Broker;
 use super::lifecycle::Claim;
-use super::message::{Delivery, Message, Origin, StreamPos, SubOptions, min_qos};
+use super::message::{Delivery, Message, StreamPos, SubOptions, min_qos};
 use super::session::{Queued, Session, Stage, Tracking};
 use super::subscriptions::Blocked;
 use super::will::Will;
@@ -38,26 +38,6 @@ pub struct ReplayPlan {
 impl Router for Broker {
     fn route_remote(&self, filter: Arc<str>, message: Arc<Message>) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            let local = message.origin.as_ref().and_then(|o| {
-                self.registry
-                    .lock()
-                    .get(&*o.client_id)
-                    .map(|s| (s.id, o.client_id.clone()))
-            });
-            let message = match local {
-                // The publisher has a session here: resolve it, for no-local.
-                Some((session, client_id)) => Arc::new(Message {
-                    topic: message.topic.clone(),
-                    payload: message.payload.clone(),
-                    qos: message.qos,
-                    retain: message.retain,
-                    properties: message.properties.clone(),
-                    expires_at: message.expires_at,
-                    origin: Some(Origin { session, client_id }),
-                    stored: message.stored,
-                }),
-                None => message,
-            };
             let mut blocked = Blocked::new();
             match parse_shared(&filter) {
                 Ok(Some(shared)) => {

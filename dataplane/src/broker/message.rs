@@ -38,6 +38,18 @@ pub struct Origin {
     pub client_id: Arc<str>,
 }
 
+impl Origin {
+    /// Whether the message came from session `sid` (here) or client `client_id` (another
+    /// hub, where the session id means nothing).
+    pub fn is(&self, sid: SessionId, client_id: &str) -> bool {
+        if self.session == 0 {
+            *self.client_id == *client_id
+        } else {
+            self.session == sid
+        }
+    }
+}
+
 /// A message's place in the cluster's message streams: shard and stream sequence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct StreamPos {

@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Limits;
 use crate::metrics::Metrics;
-use crate::state::{State, StateError};
+use crate::state::{State, StateError, StoreAck};
 
 pub use cluster::ReplayPlan;
 pub use lifecycle::{Claim, ClaimError};
@@ -120,6 +120,17 @@ impl Broker {
             self.state.bus.publish(message).await?;
         }
         Ok(delivered)
+    }
+
+    /// Cluster mode, QoS 1/2: stores the message (and sets it as retained); resolves once
+    /// it is on its way, to the store's acknowledgement. Every hub, this one included,
+    /// delivers it from the stream.
+    pub async fn publish_stored(&self, message: Arc<Message>) -> Result<StoreAck, StateError> {
+        if message.retain {
+            let stored = (!message.payload.is_empty()).then(|| message.clone());
+            self.state.retained.set(&message.topic, stored).await?;
+        }
+        self.state.bus.store(message).await
     }
 
     /// Backpressure: a connected subscriber's queue is full of QoS 1/2 messages, so the

@@ -167,7 +167,10 @@ impl Broker {
                     smallest = Some(filter);
                 }
                 if sub.options.no_local
-                    && message.origin.as_ref().is_some_and(|o| o.session == *sid)
+                    && message
+                        .origin
+                        .as_ref()
+                        .is_some_and(|o| o.is(*sid, &sub.session.client_id))
                 {
                     return;
                 }

@@ -132,7 +132,9 @@ impl Connection {
                 self.send(Packet::PubRec(PubRec::new(p.pkid)));
                 return Ok(());
             }
-            if self.claim.state.incoming_qos2.len()
+            // Publishes whose store is pending are in flight too (cluster mode).
+            let pending = self.stores.as_ref().map_or(0, |s| s.len());
+            if self.claim.state.incoming_qos2.len() + pending
                 >= usize::from(self.broker.limits.receive_maximum)
             {
                 return Err(Exit::violation(
@@ -141,6 +143,7 @@ impl Connection {
                 ));
             }
         }
+        let pipelined = p.qos != QoS::AtMostOnce && self.broker.state.bus.stores_messages();
         let now = Instant::now();
         let expires_at = Message::expiry_from(
             props.as_ref().and_then(|pp| pp.message_expiry_interval),
@@ -170,6 +173,9 @@ impl Connection {
             }),
             stored: None,
         });
+        if pipelined {
+            return self.publish_pipelined(message, p.qos, p.pkid).await;
+        }
         // Publishing may wait for room in a subscriber's queue; a takeover must not wait
         // for that (the message is unacknowledged, so the client sends it again).
         let result = tokio::select! {
@@ -191,6 +197,74 @@ impl Connection {
             (qos, Err(_)) => self.nack_with(qos, p.pkid, 0x80),
         }
         Ok(())
+    }
+
+    /// Cluster mode, QoS 1/2: sends the message to its stream and goes on reading; the
+    /// acknowledgement to the client follows the store's (`on_stored`). At most
+    /// `receive_maximum` stores are pending per connection.
+    async fn publish_pipelined(
+        &mut self,
+        message: Arc<Message>,
+        qos: QoS,
+        pkid: u16,
+    ) -> Result<(), Exit> {
+        let limit = usize::from(self.broker.limits.receive_maximum).max(1);
+        while self.stores.as_ref().is_some_and(|s| s.len() >= limit) {
+            let Some(done) = super::next_store(&mut self.stores).await else {
+                break;
+            };
+            self.on_stored(done).await?;
+        }
+        let sent = tokio::select! {
+            r = self.broker.publish_stored(message) => r,
+            _ = self.claim.kicked.cancelled() => return Err(Exit::TakenOver),
+        };
+        match sent {
+            Ok(ack) => {
+                let done = async move { (pkid, qos, ack.await) };
+                self.stores
+                    .get_or_insert_with(Default::default)
+                    .push_back(Box::pin(done));
+            }
+            Err(e) => {
+                debug!(error = %e, "publish not accepted");
+                self.nack_with(qos, pkid, 0x80);
+            }
+        }
+        Ok(())
+    }
+
+    /// A pipelined store finished: acknowledge the publish (or refuse it).
+    pub(super) async fn on_stored(&mut self, done: super::StoreDone) -> Result<(), Exit> {
+        let (pkid, qos, result) = done;
+        if let Err(e) = &result {
+            debug!(error = %e, "publish not stored");
+        }
+        match (qos, result) {
+            (QoS::AtMostOnce, _) => {}
+            (QoS::AtLeastOnce, Ok(())) => self.send(Packet::PubAck(PubAck::new(pkid))),
+            (QoS::ExactlyOnce, Ok(())) => {
+                self.claim.state.incoming_qos2.push(pkid);
+                Box::pin(self.save_qos2_state()).await?;
+                self.send(Packet::PubRec(PubRec::new(pkid)));
+            }
+            (qos, Err(_)) => self.nack_with(qos, pkid, 0x80),
+        }
+        Ok(())
+    }
+
+    /// Waits (bounded) for the pending stores of an ending connection.
+    pub(super) async fn settle_stores(&mut self) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(6);
+        while self.stores.as_ref().is_some_and(|s| !s.is_empty()) {
+            let next = tokio::time::timeout_at(deadline, super::next_store(&mut self.stores));
+            match next.await {
+                Ok(Some(done)) => {
+                    let _ = self.on_stored(done).await;
+                }
+                _ => break,
+            }
+        }
     }
 
     /// The publish's topic, resolving MQTT 5 topic aliases.

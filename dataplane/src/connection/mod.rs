@@ -146,6 +146,7 @@ pub async fn serve(
             last_packet: Instant::now(),
             delivered: [0; 3],
             input_pending: false,
+            stores: None,
         };
         let exit = conn.run(&mut transport, &shutdown).await;
         Box::pin(conn.finish(&mut transport, exit)).await;
@@ -212,6 +213,23 @@ pub(crate) struct Connection {
     delivered: [u64; 3],
     /// Complete packets may still be in `read_buf` (processing paused to flush).
     input_pending: bool,
+    /// Cluster mode: QoS 1/2 publishes whose store is not acknowledged yet, in order
+    /// (PUBACK/PUBREC go out in the order the PUBLISHes came). Boxed: standalone has none.
+    stores: Option<Box<PendingStores>>,
+}
+
+/// A publish waiting for its store: packet id, QoS and the store's outcome.
+pub(crate) type StoreDone = (u16, mqttbytes::QoS, Result<(), crate::state::StateError>);
+pub(crate) type PendingStores =
+    futures_util::stream::FuturesOrdered<futures_util::future::BoxFuture<'static, StoreDone>>;
+
+/// The next finished store, or never when there is none.
+async fn next_store(stores: &mut Option<Box<PendingStores>>) -> Option<StoreDone> {
+    use futures_util::StreamExt;
+    match stores {
+        Some(s) if !s.is_empty() => s.next().await,
+        _ => std::future::pending().await,
+    }
 }
 
 impl Connection {
@@ -290,6 +308,11 @@ impl Connection {
                     }
                 }
                 _ = session.notify.notified() => {}
+                Some(done) = next_store(&mut self.stores), if self.stores.as_ref().is_some_and(|s| !s.is_empty()) => {
+                    if let Err(exit) = Box::pin(self.on_stored(done)).await {
+                        return exit;
+                    }
+                }
                 _ = async {
                     match tracking_timer.as_mut() {
                         Some(timer) => timer.await,
@@ -408,6 +431,9 @@ impl Connection {
 
     /// Sends the server's DISCONNECT where MQTT 5 has one, closes, and releases the session.
     async fn finish(mut self, transport: &mut Transport, exit: Exit) {
+        // Stores still pending complete anyway; their acknowledgements (and QoS 2 packet
+        // ids, saved with the session) go out before the connection closes.
+        Box::pin(self.settle_stores()).await;
         self.flush_delivery_metrics();
         self.broker.metrics.disconnect(exit.label());
         match &exit {

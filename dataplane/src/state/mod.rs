@@ -117,6 +117,9 @@ pub trait SessionStore: Send + Sync {
     }
 }
 
+/// Resolves when the cluster acknowledged a stored message.
+pub type StoreAck = BoxFuture<'static, Result<(), StateError>>;
+
 /// Delivery of published messages to the other hubs of the cluster. The hub delivers to its
 /// own sessions itself; the bus only carries what others need.
 pub trait MessageBus: Send + Sync {
@@ -134,6 +137,15 @@ pub trait MessageBus: Send + Sync {
     /// position, to be routed to this hub's sessions from there (cluster mode).
     fn stores_messages(&self) -> bool {
         false
+    }
+    /// Stores a QoS 1/2 message (cluster mode): resolves once it is on its way, to the
+    /// acknowledgement still to come, so a connection can pipeline its publishes.
+    fn store(&self, message: Arc<Message>) -> BoxFuture<'_, Result<StoreAck, StateError>> {
+        Box::pin(async move {
+            self.publish(message).await?;
+            let done: StoreAck = Box::pin(futures_util::future::ready(Ok(())));
+            Ok(done)
+        })
     }
     /// The newest position of each message shard (the cursors of a new session).
     fn heads(&self) -> BoxFuture<'_, Result<Vec<u64>, StateError>> {

@@ -58,6 +58,7 @@ LIMIT_FLAGS = {
 }
 
 CLUSTER_NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")
 
 # lines that tests want in the run's summary even when they pass (loss/duplicate counts);
 # printed by pytest_terminal_summary in conftest.py
@@ -257,6 +258,15 @@ class Hub:
     def log_tail(self, lines: int = 80) -> str:
         return "\n".join(self.read_log().splitlines()[-lines:])
 
+    def grep(self, *needles: str) -> list[str]:
+        """Log lines (colour codes removed) containing every one of ``needles``."""
+        out = []
+        for line in self.read_log().splitlines():
+            plain = ANSI_RE.sub("", line)
+            if all(n in plain for n in needles):
+                out.append(plain)
+        return out
+
     def metrics(self) -> str:
         status, body = http_get(self.admin_port, "/metrics")
         return body.decode(errors="replace") if status == 200 else ""
@@ -313,6 +323,10 @@ class Cluster:
         return "\n".join(f"--- hub {h.hub_id} ({h.log_path}) ---\n{h.log_tail(lines)}"
                          for h in self.hubs)
 
+    def grep(self, *needles: str) -> list[str]:
+        """``<hub id>: <line>`` for every hub log line containing all of ``needles``."""
+        return [f"{h.hub_id}: {line}" for h in self.hubs for line in h.grep(*needles)]
+
 
 # ---------------------------------------------------------------------------
 # MQTT clients
@@ -342,6 +356,7 @@ class Msg:
     retain: bool
     dup: bool
     at: float   # time.monotonic() on arrival
+    mid: int = 0  # packet id (QoS 1/2)
 
 
 class Mqtt:
@@ -368,10 +383,12 @@ class Mqtt:
         self.lock = threading.Lock()
         self.messages: list[Msg] = []
         self.connack = None                  # (reason code, flags, properties)
-        self.disconnected = None             # (reason code value, properties)
+        self.disconnected = None             # (reason code value, properties), the last one
+        self.disconnects: list = []          # every (reason code value, properties, time)
         self.disconnect_event = threading.Event()
         self.subacks: dict[int, list[int]] = {}
         self.pubacks: dict[int, int] = {}    # mid -> PUBACK reason code value
+        self.puback_at: dict[int, float] = {}  # mid -> time.monotonic() of the PUBACK
         self._loop = False
         c = self.client
         c.on_connect = self._on_connect
@@ -390,11 +407,12 @@ class Mqtt:
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
         self.disconnected = (rc_value(reason_code), properties)
+        self.disconnects.append((rc_value(reason_code), properties, time.monotonic()))
         self.disconnect_event.set()
 
     def _on_message(self, client, userdata, msg):
         m = Msg(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain), bool(msg.dup),
-                time.monotonic())
+                time.monotonic(), msg.mid)
         with self.lock:
             self.messages.append(m)
 
@@ -402,9 +420,21 @@ class Mqtt:
         self.subacks[mid] = [rc_value(r) for r in reason_codes]
 
     def _on_publish(self, client, userdata, mid, reason_code, properties):
+        self.puback_at[mid] = time.monotonic()
         self.pubacks[mid] = rc_value(reason_code)
 
     # -- API --
+    def will_set(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
+                 delay: int | None = None) -> "Mqtt":
+        """Set the will of the next CONNECT (MQTT 5: ``delay`` = Will Delay Interval)."""
+        props = None
+        if delay is not None:
+            assert self.version == 5, "a will delay needs MQTT 5"
+            props = Properties(PacketTypes.WILLMESSAGE)
+            props.WillDelayInterval = delay
+        self.client.will_set(topic, payload, qos=qos, retain=retain, properties=props)
+        return self
+
     def connect(self, clean_start: bool = True, expiry: int | None = None,
                 keepalive: int = 30, timeout: float = CONNECT_TIMEOUT,
                 expect_ok: bool = True) -> "Mqtt":
@@ -602,3 +632,96 @@ def assert_exactly_once_in_order(got: list[bytes], expected: list[bytes], who: s
 def wait_all_acked(publisher: Mqtt, infos: list, timeout: float) -> bool:
     """Wait until every publish in ``infos`` got its PUBACK (any reason code)."""
     return bool(wait_for(lambda: all(i.mid in publisher.pubacks for i in infos), timeout))
+
+
+class PacedPublisher:
+    """Publishes ``n`` messages ``<prefix><i>`` (QoS ``qos``) on ``topic`` at a steady pace
+    over ``duration`` seconds from a thread, without waiting for acknowledgements
+    (``burst`` messages back to back per step, same average rate).
+
+    ``paused()`` holds the publishing thread (between two publishes) while a test moves
+    the publisher's connection; the pace catches up afterwards."""
+
+    def __init__(self, pub: Mqtt, topic: str, n: int, duration: float, qos: int = 1,
+                 prefix: bytes = b"m-", burst: int = 1):
+        self.pub, self.topic, self.n, self.qos, self.prefix = pub, topic, n, qos, prefix
+        self.burst = max(1, burst)  # messages published back to back each step
+        self.interval = duration / n
+        self.infos: list = []
+        self.error: BaseException | None = None
+        self.gate = threading.Lock()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        try:
+            t0 = time.monotonic()
+            for start in range(0, self.n, self.burst):
+                end = min(self.n, start + self.burst)
+                with self.gate:
+                    for i in range(start, end):
+                        self.infos.append(self.pub.publish(self.topic, self.payload(i),
+                                                           qos=self.qos, wait=False))
+                delay = t0 + end * self.interval - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+        except BaseException as e:  # reported by finish()
+            self.error = e
+
+    def start(self) -> "PacedPublisher":
+        self.thread.start()
+        return self
+
+    def paused(self):
+        return self.gate
+
+    @property
+    def sent(self) -> int:
+        return len(self.infos)
+
+    def payload(self, i: int) -> bytes:
+        return self.prefix + b"%d" % i
+
+    def finish(self, ack_timeout: float) -> list[bytes]:
+        """Join the thread, wait (bounded) for the acknowledgements (PUBACK, or PUBCOMP for
+        QoS 2); returns the payloads acknowledged with a success reason code."""
+        self.thread.join(self.n * self.interval + 30)
+        assert not self.thread.is_alive(), "publisher thread hung"
+        assert self.error is None, f"publisher failed: {self.error!r}"
+        wait_all_acked(self.pub, self.infos, ack_timeout)
+        return [self.payload(i) for i, info in enumerate(self.infos) if self.pub.acked(info)]
+
+    def refused(self) -> list[bytes]:
+        """Payloads acknowledged with a failure reason code (>= 0x80)."""
+        return [self.payload(i) for i, info in enumerate(self.infos)
+                if self.pub.pubacks.get(info.mid, 0) >= 0x80]
+
+    def reasons(self) -> dict[bytes, int]:
+        """payload -> reason code of its PUBACK (QoS 1) or PUBCOMP (QoS 2), when answered."""
+        return {self.payload(i): self.pub.pubacks[info.mid]
+                for i, info in enumerate(self.infos) if info.mid in self.pub.pubacks}
+
+    def unanswered(self) -> list[bytes]:
+        return [self.payload(i) for i, info in enumerate(self.infos)
+                if info.mid not in self.pub.pubacks]
+
+
+def delivery_report(label: str, acked: list[bytes], received: list[bytes],
+                    prefix: bytes = b"m-") -> tuple[list[bytes], dict[bytes, int]]:
+    """Note (summary + -s output) how ``received`` compares with ``acked``; returns
+    (lost payloads in publish order, duplicates)."""
+    dups = duplicates(received)
+    num = lambda p: int(p[len(prefix):])  # noqa: E731
+    lost = sorted(set(acked) - set(received), key=num)
+    extra = sorted(set(received) - set(acked), key=num)
+    note(f"{label}: {len(acked)} acknowledged, {len(received)} received "
+         f"({len(set(received))} distinct), lost {len(lost)}, {len(dups)} duplicated, "
+         f"{len(extra)} received without a success ack, "
+         f"{longest_increasing([num(p) for p in received])} in order")
+    if lost:
+        note(f"  lost: {prefix.decode()}[{ranges(num(p) for p in lost)}]")
+    by_times: dict[int, list[int]] = {}
+    for p, times in dups.items():
+        by_times.setdefault(times, []).append(num(p))
+    for times, nums in sorted(by_times.items()):
+        note(f"  received {times} times: {prefix.decode()}[{ranges(nums)}]")
+    return lost, dups

@@ -19,7 +19,7 @@ use tracing::{debug, warn};
 use super::names::{Names, shard_of};
 use super::{NatsState, codec, unavailable};
 use crate::broker::message::{Message, StreamPos};
-use crate::state::{MessageBus, StateError};
+use crate::state::{MessageBus, StateError, StoreAck};
 
 /// The hub's live subscriptions, one per distinct filter, reference-counted by sessions.
 #[derive(Default)]
@@ -54,6 +54,14 @@ impl MessageBus for NatsState {
                     .await
                     .map_err(|e| unavailable("publishing a message", e));
             }
+            self.store(message).await?.await
+        })
+    }
+
+    fn store(&self, message: Arc<Message>) -> BoxFuture<'_, Result<StoreAck, StateError>> {
+        Box::pin(async move {
+            let shard = shard_of(&message.topic, self.config.shards);
+            let headers = codec::encode(&message, self.names.hub());
             let subject = self.names.stored(shard, &message.topic);
             let mut publish = async_nats::jetstream::message::PublishMessage::build()
                 .payload(message.payload.clone())
@@ -68,11 +76,13 @@ impl MessageBus for NatsState {
                 .send_publish(subject, publish)
                 .await
                 .map_err(|e| unavailable("storing a message", e))?;
-            ack.await.map_err(|e| match e.kind() {
-                PublishErrorKind::TimedOut => unavailable("storing a message", "timed out"),
-                _ => unavailable("storing a message", e),
-            })?;
-            Ok(())
+            let done: StoreAck = Box::pin(async move {
+                ack.await.map(|_| ()).map_err(|e| match e.kind() {
+                    PublishErrorKind::TimedOut => unavailable("storing a message", "timed out"),
+                    _ => unavailable("storing a message", e),
+                })
+            });
+            Ok(done)
         })
     }
 
