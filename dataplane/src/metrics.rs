@@ -30,6 +30,25 @@ pub struct Metrics {
     pub wills_published: Counter,
     pub bytes_received: Counter,
     pub bytes_sent: Counter,
+    /// Cluster mode.
+    pub cluster: ClusterMetrics,
+}
+
+/// What an operator graphs about a hub in a cluster.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterMetrics {
+    /// Stored messages delivered by a replay (resume or catch-up after a NATS reconnect).
+    pub replayed: Counter,
+    /// QoS 1/2 publishes refused because the cluster did not acknowledge the store.
+    pub store_failures: Counter,
+    /// Connections dropped because another hub owns their session now (fencing).
+    pub fenced: Counter,
+    /// Sessions handed to another hub at its request (takeover across hubs).
+    pub handed_over: Counter,
+    /// Sessions of dead hubs this hub released (wills fired, expiry taken over).
+    pub orphans_adopted: Counter,
+    /// Catch-ups from the cursors after the NATS link came back.
+    pub resyncs: Counter,
 }
 
 impl Default for Metrics {
@@ -119,7 +138,43 @@ impl Metrics {
             prometheus_client::registry::Unit::Bytes,
             bytes_sent.clone(),
         );
+        let cluster = ClusterMetrics::default();
+        for (name, help, counter) in [
+            (
+                "cluster_replayed_messages",
+                "Stored messages delivered by replay (resume on this hub, catch-up after a NATS reconnect)",
+                &cluster.replayed,
+            ),
+            (
+                "cluster_store_failures",
+                "QoS 1/2 publishes refused because JetStream did not acknowledge the store",
+                &cluster.store_failures,
+            ),
+            (
+                "cluster_fenced",
+                "Connections dropped because another hub owns their session",
+                &cluster.fenced,
+            ),
+            (
+                "cluster_sessions_handed_over",
+                "Sessions handed to another hub that took them over",
+                &cluster.handed_over,
+            ),
+            (
+                "cluster_orphans_adopted",
+                "Sessions of dead hubs released by this hub",
+                &cluster.orphans_adopted,
+            ),
+            (
+                "cluster_resyncs",
+                "Catch-ups of every session after the NATS link came back",
+                &cluster.resyncs,
+            ),
+        ] {
+            registry.register(name, help, counter.clone());
+        }
         Self {
+            cluster,
             registry,
             connections,
             sessions,

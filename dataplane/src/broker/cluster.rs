@@ -69,6 +69,7 @@ impl Router for Broker {
             }
             session.notify.notify_one();
         }
+        self.metrics.cluster.resyncs.inc();
         info!(
             sessions = marked,
             "NATS link restored: sessions catch up from their cursors"
@@ -97,6 +98,7 @@ impl Router for Broker {
             if released.is_err() {
                 warn!(client_id, "session not released in time for a takeover");
             }
+            self.metrics.cluster.handed_over.inc();
             true
         })
     }
@@ -104,6 +106,7 @@ impl Router for Broker {
 
 impl Broker {
     fn adopt(self: &Arc<Self>, client_id: String, will: Option<Will>, expiry: u32) {
+        self.metrics.cluster.orphans_adopted.inc();
         let client_id: Arc<str> = Arc::from(client_id);
         if expiry != 0 {
             self.schedule_shared_expiry(client_id.clone(), expiry);
@@ -272,6 +275,7 @@ impl Broker {
                     }
                     if t.buffer.is_empty() {
                         t.replaying = false;
+                        self.metrics.cluster.replayed.inc_by(replayed as u64);
                         debug!(client_id = %session.client_id, replayed, "replay done");
                         return Ok(());
                     }
@@ -499,14 +503,15 @@ impl Broker {
         }
         let broker = self.clone();
         let delay = Duration::from_secs(u64::from(expiry));
-        self.spawn_timer(tokio_util::sync::CancellationToken::new(), delay, async move {
-            if broker.state.sessions.untouched(&client_id).await {
-                info!(client_id = %client_id, "session expired");
-                if let Err(e) = broker.state.sessions.remove(&client_id).await {
-                    warn!(client_id = %client_id, error = %e, "could not remove an expired session");
+        self.spawn_timer(
+            tokio_util::sync::CancellationToken::new(),
+            delay,
+            async move {
+                if broker.state.sessions.expire(&client_id).await {
+                    info!(client_id = %client_id, "session expired");
                 }
-            }
-        });
+            },
+        );
     }
 }
 

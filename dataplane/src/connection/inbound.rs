@@ -40,7 +40,10 @@ impl Connection {
                 Ok(())
             }
             Packet::PubComp(a) => {
-                self.claim.state.take_inflight(a.pkid);
+                if self.claim.state.take_inflight(a.pkid).is_some() {
+                    // The client may reuse the id now: take it off the record.
+                    Box::pin(self.save_qos2_state()).await?;
+                }
                 Ok(())
             }
             Packet::PubRel(r) => {
@@ -228,6 +231,7 @@ impl Connection {
             }
             Err(e) => {
                 debug!(error = %e, "publish not accepted");
+                self.broker.metrics.cluster.store_failures.inc();
                 self.nack_with(qos, pkid, 0x80);
             }
         }
@@ -239,6 +243,7 @@ impl Connection {
         let (pkid, qos, result) = done;
         if let Err(e) = &result {
             debug!(error = %e, "publish not stored");
+            self.broker.metrics.cluster.store_failures.inc();
         }
         match (qos, result) {
             (QoS::AtMostOnce, _) => {}
@@ -407,7 +412,10 @@ impl Connection {
         }
         match self.broker.checkpoint(&self.claim).await {
             Ok(()) => Ok(()),
-            Err(StateError::Fenced(_)) => Err(Exit::TakenOver),
+            Err(StateError::Fenced(_)) => {
+                self.broker.metrics.cluster.fenced.inc();
+                Err(Exit::TakenOver)
+            }
             Err(e) => {
                 warn!(error = %e, "could not save the session's subscriptions");
                 Ok(())
@@ -417,13 +425,16 @@ impl Connection {
 
     /// Cluster mode: saves a persistent session's QoS 2 packet ids before the client is
     /// told, so the exactly-once flow survives this hub.
-    async fn save_qos2_state(&mut self) -> Result<(), Exit> {
+    pub(super) async fn save_qos2_state(&mut self) -> Result<(), Exit> {
         if !self.broker.is_cluster() {
             return Ok(());
         }
         match self.broker.checkpoint(&self.claim).await {
             Ok(()) => Ok(()),
-            Err(StateError::Fenced(_)) => Err(Exit::TakenOver),
+            Err(StateError::Fenced(_)) => {
+                self.broker.metrics.cluster.fenced.inc();
+                Err(Exit::TakenOver)
+            }
             Err(e) => {
                 warn!(error = %e, "could not save the QoS 2 state");
                 Ok(())

@@ -147,6 +147,7 @@ pub async fn serve(
             delivered: [0; 3],
             input_pending: false,
             stores: None,
+            qos2_unsaved: false,
         };
         let exit = conn.run(&mut transport, &shutdown).await;
         Box::pin(conn.finish(&mut transport, exit)).await;
@@ -216,6 +217,8 @@ pub(crate) struct Connection {
     /// Cluster mode: QoS 1/2 publishes whose store is not acknowledged yet, in order
     /// (PUBACK/PUBREC go out in the order the PUBLISHes came). Boxed: standalone has none.
     stores: Option<Box<PendingStores>>,
+    /// A QoS 2 PUBLISH is in the write buffer whose packet id is not on record yet.
+    qos2_unsaved: bool,
 }
 
 /// A publish waiting for its store: packet id, QoS and the store's outcome.
@@ -258,6 +261,11 @@ impl Connection {
         let session = self.claim.session.clone();
         loop {
             if !self.write_buf.is_empty() {
+                if std::mem::take(&mut self.qos2_unsaved)
+                    && let Err(exit) = Box::pin(self.save_qos2_state()).await
+                {
+                    return exit;
+                }
                 if let Err(exit) = self.flush(transport, shutdown, &kicked).await {
                     return exit;
                 }
@@ -353,7 +361,10 @@ impl Connection {
         if dirty && ticks.is_multiple_of(CHECKPOINT_TICKS) {
             match self.broker.checkpoint(&self.claim).await {
                 Ok(()) => {}
-                Err(crate::state::StateError::Fenced(_)) => return Err(Exit::TakenOver),
+                Err(crate::state::StateError::Fenced(_)) => {
+                    self.broker.metrics.cluster.fenced.inc();
+                    return Err(Exit::TakenOver);
+                }
                 Err(e) => debug!(error = %e, "checkpoint failed"),
             }
         }

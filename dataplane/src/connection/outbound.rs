@@ -104,6 +104,11 @@ impl Connection {
             self.outbound_aliases.insert(topic.clone(), a);
         }
         self.delivered[d.qos as usize] += 1;
+        if d.qos == QoS::ExactlyOnce && d.message.stored.is_some() {
+            // Cluster mode: the packet id must be on record before the PUBLISH leaves, so
+            // a resume after a crash of this hub resends it with that id, not as new.
+            self.qos2_unsaved = true;
+        }
         if d.qos != QoS::AtMostOnce {
             self.claim.state.outgoing.push_back(Inflight {
                 pkid,

@@ -96,6 +96,11 @@ pub trait SessionStore: Send + Sync {
     fn save(&self, record: SessionRecord) -> BoxFuture<'_, Result<(), StateError>>;
     /// Removes the record, unless another hub claimed the session since.
     fn remove(&self, client_id: &str) -> BoxFuture<'_, Result<(), StateError>>;
+    /// Removes the record of a session this hub released, if no hub claimed it since (its
+    /// expiry passed). Returns whether it was removed.
+    fn expire<'a>(&'a self, client_id: &'a str) -> BoxFuture<'a, bool> {
+        Box::pin(async move { self.remove(client_id).await.is_ok() })
+    }
     /// Whether the session is still as this hub left it (no hub claimed it since), so a
     /// delayed will or an expiry timer of this hub may act on it.
     fn untouched(&self, client_id: &str) -> BoxFuture<'_, bool>;

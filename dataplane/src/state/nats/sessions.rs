@@ -441,6 +441,24 @@ impl SessionStore for NatsState {
         })
     }
 
+    fn expire<'a>(&'a self, client_id: &'a str) -> BoxFuture<'a, bool> {
+        Box::pin(async move {
+            let own = {
+                let mut owned = self.owned.0.lock();
+                match owned.get(client_id) {
+                    Some(own) if own.released => owned.remove(client_id),
+                    _ => None,
+                }
+            };
+            let Some(own) = own else { return false };
+            // The compare-and-swap fails if any hub claimed the session since.
+            self.sessions
+                .delete_expect_revision(Names::session_key(client_id), Some(own.revision))
+                .await
+                .is_ok()
+        })
+    }
+
     fn untouched(&self, client_id: &str) -> BoxFuture<'_, bool> {
         let client_id = client_id.to_owned();
         Box::pin(async move {
