@@ -53,9 +53,9 @@ impl Router for Broker {
         })
     }
 
-    fn adopt_orphan(&self, client_id: String, will: Option<Will>, expiry: u32) {
+    fn adopt_orphan(&self, client_id: String, will: Option<Will>, expiry: u32, elapsed: u32) {
         if let Some(me) = self.me.upgrade() {
-            me.adopt(client_id, will, expiry);
+            me.adopt(client_id, will, expiry, elapsed);
         }
     }
 
@@ -105,21 +105,35 @@ impl Router for Broker {
 }
 
 impl Broker {
-    fn adopt(self: &Arc<Self>, client_id: String, will: Option<Will>, expiry: u32) {
+    /// Runs the timers of a session a dead hub held: its will (a crash is an abnormal
+    /// close; a released session's will may still be waiting for its delay) and expiry.
+    fn adopt(self: &Arc<Self>, client_id: String, will: Option<Will>, expiry: u32, elapsed: u32) {
         self.metrics.cluster.orphans_adopted.inc();
         let client_id: Arc<str> = Arc::from(client_id);
+        let expiry_left = if expiry == u32::MAX {
+            expiry
+        } else {
+            expiry.saturating_sub(elapsed)
+        };
+        let will_left = will
+            .as_ref()
+            .map(|w| w.delay.min(expiry).saturating_sub(elapsed));
         if expiry != 0 {
-            self.schedule_shared_expiry(client_id.clone(), expiry);
+            self.schedule_shared_expiry(client_id.clone(), expiry_left);
         }
-        let Some(will) = will else { return };
+        let (Some(will), Some(left)) = (will, will_left) else {
+            return;
+        };
         let broker = self.clone();
-        let delay = Duration::from_secs(u64::from(will.delay.min(expiry)));
+        let delay = Duration::from_secs(u64::from(left));
         self.spawn_timer(
             tokio_util::sync::CancellationToken::new(),
             delay,
             async move {
+                // A will due now was due when the hub died; a later one only if the
+                // session is still not resumed.
                 if delay.is_zero() || broker.state.sessions.untouched(&client_id).await {
-                    info!(client_id = %client_id, "publishing the will of a dead hub's connection");
+                    info!(client_id = %client_id, "publishing the will of a dead hub's client");
                     broker.publish_will(will).await;
                 }
             },
@@ -464,9 +478,22 @@ impl Broker {
         // Stored messages still queued are replayed from the cursors on resume.
         self.end_session(&session, &mut claim.state);
         drop(claim);
+        let client_id = session.client_id.clone();
+        let delayed_will = will.as_ref().filter(|w| w.delay > 0 && !remote_takeover);
+        let timers =
+            saved.is_ok() && !remote_takeover && (expiry != u32::MAX || delayed_will.is_some());
+        if timers {
+            // If this hub dies before the timers run, another hub runs them.
+            self.state
+                .sessions
+                .park(&client_id, delayed_will, expiry)
+                .await;
+        } else {
+            self.state.sessions.retire(&client_id).await;
+        }
         let Some(will) = will else {
-            if saved.is_ok() {
-                self.schedule_shared_expiry(session.client_id.clone(), expiry);
+            if timers {
+                self.schedule_shared_expiry(client_id, expiry);
             }
             return;
         };
@@ -477,14 +504,13 @@ impl Broker {
             }
             return;
         }
-        self.schedule_shared_expiry(session.client_id.clone(), expiry);
+        self.schedule_shared_expiry(client_id.clone(), expiry);
         if will.delay == 0 {
             self.publish_will(will).await;
             return;
         }
         let delay = Duration::from_secs(u64::from(will.delay.min(expiry)));
         let broker = self.clone();
-        let client_id = session.client_id.clone();
         self.spawn_timer(
             tokio_util::sync::CancellationToken::new(),
             delay,
@@ -509,6 +535,7 @@ impl Broker {
             async move {
                 if broker.state.sessions.expire(&client_id).await {
                     info!(client_id = %client_id, "session expired");
+                    broker.state.sessions.retire(&client_id).await;
                 }
             },
         );

@@ -171,7 +171,10 @@ impl Broker {
         if still_owner {
             // Publishers waiting for room in this queue stop waiting: nobody drains it now.
             session.space.notify_waiters();
-            self.state.sessions.retire(&session.client_id).await;
+            if !(self.is_cluster() && expiry != 0) {
+                // A released cluster session keeps its entry while timers run (`release_shared`).
+                self.state.sessions.retire(&session.client_id).await;
+            }
         }
         // Everything below runs before the state lock is released, so a reconnect sees the
         // will and timers this connection leaves behind (and cancels them).

@@ -116,6 +116,16 @@ pub trait SessionStore: Send + Sync {
     ) -> BoxFuture<'a, Result<(), StateError>> {
         Box::pin(futures_util::future::ready(Ok(())))
     }
+    /// The session of `client_id` was released here with timers still to run (a delayed
+    /// will, its expiry): recorded so that another hub runs them if this one dies or leaves.
+    fn park<'a>(
+        &'a self,
+        _client_id: &'a str,
+        _will: Option<&'a Will>,
+        _expiry: u32,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(futures_util::future::ready(()))
+    }
     /// The connection announced for `client_id` ended here.
     fn retire<'a>(&'a self, _client_id: &'a str) -> BoxFuture<'a, ()> {
         Box::pin(futures_util::future::ready(()))

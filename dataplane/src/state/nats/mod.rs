@@ -58,7 +58,8 @@ pub trait Router: Send + Sync {
     fn resync(&self);
     /// A session released from a dead hub: fire its will (the crash closed its connection
     /// abnormally) and run its expiry timer here.
-    fn adopt_orphan(&self, client_id: String, will: Option<Will>, expiry: u32);
+    /// `elapsed`: seconds since the session was released (0 for a connection of a crash).
+    fn adopt_orphan(&self, client_id: String, will: Option<Will>, expiry: u32, elapsed: u32);
 }
 
 /// The NATS implementation of the state traits.
@@ -187,6 +188,7 @@ impl NatsState {
         state.start_control().await?;
         state.start_retained_counter();
         state.start_presence();
+        state.reap_previous_run();
         state.start_event_watch(events);
         info!(
             cluster = %state.config.cluster,

@@ -36,12 +36,23 @@ const CLIENT: &str = "Cmq-Session";
 const EPOCH: &str = "Cmq-Epoch";
 const TOPIC: &str = "Cmq-Topic";
 const WILL_DELAY: &str = "Cmq-Will-Delay";
+const RELEASED: &str = "Cmq-Released";
+const EXPIRY: &str = "Cmq-Expiry";
 
-/// A connection of a dead hub, as the reaper finds it.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// A connection (or a released session with timers) of a dead hub, as the reaper finds it.
 pub struct Orphan {
     pub client_id: String,
     pub epoch: u64,
     pub will: Option<Will>,
+    /// Released: seconds since the release, and the session expiry interval.
+    pub released: Option<(u32, u32)>,
 }
 
 pub async fn create_streams(
@@ -78,12 +89,14 @@ pub async fn create_streams(
 }
 
 impl NatsState {
-    /// Records that this hub holds the connection of `client_id` (with its will).
-    pub(super) async fn announce_owner(
+    /// Records that this hub holds the connection of `client_id` (with its will), or with
+    /// `released` (its expiry interval) that it released the session and runs its timers.
+    pub(super) async fn record_owner(
         &self,
         client_id: &str,
         epoch: u64,
         will: Option<&Will>,
+        released: Option<u32>,
     ) -> Result<(), StateError> {
         let subject = self
             .names
@@ -103,6 +116,10 @@ impl NatsState {
         };
         headers.insert(CLIENT, cmq_topic::subject::escape_token(client_id).as_str());
         headers.insert(EPOCH, epoch.to_string().as_str());
+        if let Some(expiry) = released {
+            headers.insert(RELEASED, unix_ms().to_string().as_str());
+            headers.insert(EXPIRY, expiry.to_string().as_str());
+        }
         self.js
             .send_publish(
                 subject,
@@ -188,14 +205,27 @@ impl NatsState {
         Ok(())
     }
 
-    /// Leaves the cluster cleanly: no reaper will act for this hub.
+    /// Leaves the cluster: the heartbeat goes at once, so another hub takes over the
+    /// timers of the sessions this hub released (and then removes the membership).
     pub(super) async fn leave(&self) {
-        let hub = self.names.hub();
-        for subject in [self.names.member(hub), self.names.heartbeat(hub)] {
-            if let Err(e) = self.hubs.purge().filter(subject).await {
-                warn!(error = %e, "could not leave the cluster cleanly");
-            }
+        let subject = self.names.heartbeat(self.names.hub());
+        if let Err(e) = self.hubs.purge().filter(subject).await {
+            warn!(error = %e, "could not leave the cluster cleanly");
         }
+    }
+
+    /// At start: what a previous run of this hub id left behind (released sessions'
+    /// timers, connections of a crash) is acted on as for a dead hub.
+    pub(super) fn reap_previous_run(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        self.spawn(async move {
+            if let Some(state) = weak.upgrade() {
+                let hub = state.names.hub().to_owned();
+                if let Err(e) = state.reap(&hub, true).await {
+                    warn!(error = %e, "could not act on what a previous run left");
+                }
+            }
+        });
     }
 
     async fn reap_dead_hubs(&self) -> Result<(), StateError> {
@@ -225,14 +255,15 @@ impl NatsState {
                 Err(_) => false,
             };
             if claimed {
-                self.reap(&hub).await?;
+                self.reap(&hub, false).await?;
             }
         }
         Ok(())
     }
 
-    /// Acts for the connections of dead hub `hub`.
-    async fn reap(&self, hub: &str) -> Result<(), StateError> {
+    /// Acts for the connections and released sessions of dead hub `hub` (or of this hub's
+    /// previous run, `own`: then entries written by this run are left alone).
+    async fn reap(&self, hub: &str, own: bool) -> Result<(), StateError> {
         let mut subjects = Vec::new();
         let mut listing = self
             .owners
@@ -258,18 +289,29 @@ impl NatsState {
             let Some(orphan) = orphan_of(&message) else {
                 continue;
             };
-            if let Some(expiry) = self
-                .release_orphan(hub, orphan.client_id.as_str(), orphan.epoch)
-                .await?
-                && let Some(router) = router.as_ref()
-            {
-                router.adopt_orphan(orphan.client_id, orphan.will, expiry);
+            if own && self.owned.knows(&orphan.client_id) {
+                continue; // written by this run
+            }
+            let adopted = match orphan.released {
+                None => self
+                    .release_orphan(hub, &orphan.client_id, orphan.epoch)
+                    .await?
+                    .map(|expiry| (expiry, 0)),
+                Some((elapsed, expiry)) => self
+                    .adopt_released(&orphan.client_id, orphan.epoch)
+                    .await?
+                    .then_some((expiry, elapsed)),
+            };
+            if let (Some((expiry, elapsed)), Some(router)) = (adopted, router.as_ref()) {
+                router.adopt_orphan(orphan.client_id, orphan.will, expiry, elapsed);
             }
             if let Err(e) = self.owners.purge().filter(&subject).await {
                 warn!(error = %e, "could not clear a dead hub's connection record");
             }
         }
-        let _ = self.hubs.purge().filter(self.names.member(hub)).await;
+        if !own {
+            let _ = self.hubs.purge().filter(self.names.member(hub)).await;
+        }
         Ok(())
     }
 }
@@ -302,9 +344,21 @@ fn orphan_of(message: &async_nats::jetstream::message::StreamMessage) -> Option<
         }
         None => None,
     };
+    let released = match (get(RELEASED), get(EXPIRY)) {
+        (Some(at), Some(expiry)) => {
+            let at: u64 = at.parse().ok()?;
+            let elapsed = unix_ms().saturating_sub(at) / 1000;
+            Some((
+                u32::try_from(elapsed).unwrap_or(u32::MAX),
+                expiry.parse().ok()?,
+            ))
+        }
+        _ => None,
+    };
     Some(Orphan {
         client_id,
         epoch,
         will,
+        released,
     })
 }

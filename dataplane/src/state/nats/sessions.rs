@@ -35,6 +35,13 @@ const CLAIM_ATTEMPTS: usize = 8;
 #[derive(Default)]
 pub struct Owned(Mutex<HashMap<String, Own>>);
 
+impl Owned {
+    /// Whether this hub (this run) has a say on the session of `client_id`.
+    pub fn knows(&self, client_id: &str) -> bool {
+        self.0.lock().contains_key(client_id)
+    }
+}
+
 #[derive(Clone, Copy)]
 struct Own {
     revision: u64,
@@ -269,6 +276,30 @@ impl NatsState {
         }
     }
 
+    /// Takes over the timers of a session a dead hub released at `epoch`, unless a hub
+    /// claimed it since. This hub then acts as its last owner.
+    pub(super) async fn adopt_released(
+        &self,
+        client_id: &str,
+        epoch: u64,
+    ) -> Result<bool, StateError> {
+        let key = Names::session_key(client_id);
+        let (current, revision) = read(self, &key).await?;
+        let unclaimed = current
+            .is_some_and(|c| c.client_id == client_id && c.epoch == epoch && c.owner.is_none());
+        if unclaimed {
+            self.owned.0.lock().insert(
+                client_id.to_owned(),
+                Own {
+                    revision,
+                    epoch,
+                    released: true,
+                },
+            );
+        }
+        Ok(unclaimed)
+    }
+
     /// Serves takeover requests addressed to this hub.
     pub(super) async fn start_control(self: &Arc<Self>) -> Result<(), StateError> {
         self.bus.bind(Arc::downgrade(self));
@@ -493,7 +524,26 @@ impl SessionStore for NatsState {
             let Some(own) = self.owned.0.lock().get(client_id).copied() else {
                 return Err(StateError::Fenced(client_id.to_owned()));
             };
-            self.announce_owner(client_id, own.epoch, will).await
+            self.record_owner(client_id, own.epoch, will, None).await
+        })
+    }
+
+    fn park<'a>(
+        &'a self,
+        client_id: &'a str,
+        will: Option<&'a Will>,
+        expiry: u32,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let Some(own) = self.owned.0.lock().get(client_id).copied() else {
+                return;
+            };
+            if let Err(e) = self
+                .record_owner(client_id, own.epoch, will, Some(expiry))
+                .await
+            {
+                warn!(client_id, error = %e, "could not record a released session's timers");
+            }
         })
     }
 
