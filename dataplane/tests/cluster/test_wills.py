@@ -228,3 +228,60 @@ def test_will_not_fired_when_client_moved_before_hub_died(cluster, delay):
     assert after_kill == 0, (f"the reaper published the will of a client that had moved to "
                              f"hub2 ({after_kill}x)\n{_will_evidence(hubs)}")
     assert n_control == 1, f"control will delivered {n_control} times"
+
+
+@pytest.mark.parametrize("how", ["kill", "sigterm"])
+def test_delayed_will_fires_after_its_hub_is_gone(cluster, how):
+    """The socket of a client with a 6 s will delay is reset on hub1 (hub1 now holds the
+    will's timer); 1 s later hub1 is killed (or drained with SIGTERM). Another hub takes the
+    timer over and publishes the will exactly once, not before the delay."""
+    hubs = cluster(3)
+    h1, h2, h3 = hubs
+    cid = uid("wg")
+    topic = f"w/{cid}"
+    will = b"will-" + cid.encode()
+    watcher, pub = _watch(h3, h2, topic)
+    delay = 6
+    raw = RawClient(h1.host, h1.port, version=5)
+    ack = raw.connect(cid, clean=False, props={"session_expiry_interval": EXPIRY},
+                      will={"topic": topic, "payload": will, "qos": 1,
+                            "props": {"will_delay_interval": delay}})
+    assert not ack.session_present
+    t_drop = time.monotonic()
+    raw.abort()
+    time.sleep(1.0)  # hub1 saw the reset and parked the will's timer
+    if how == "kill":
+        h1.kill()
+    else:
+        assert h1.terminate() == 0
+    got = wait_for(lambda: _count(watcher, will), delay + REAP_WINDOW)
+    assert got, f"no will within {delay + REAP_WINDOW}s of the drop\n{_will_evidence(hubs)}"
+    after = got[0].at - t_drop
+    _sleep_until(got[0].at + 1.0)
+    _sentinel(pub, watcher, topic)
+    wills = _count(watcher, will)
+    note(f"delayed will after hub1 {how}: {len(wills)} will(s), {after:.2f}s after the "
+         f"drop (delay {delay}s)")
+    assert len(wills) == 1, f"will delivered {len(wills)} times\n{_will_evidence(hubs)}"
+    assert after >= delay - 0.5, f"will {after:.2f}s after the drop, before its {delay}s delay"
+
+
+def test_session_expires_after_its_hub_died(cluster):
+    """A persistent session (expiry 3 s) disconnects from hub1, then hub1 is killed: another
+    hub takes the expiry timer over, so a resume 14 s later finds no session."""
+    hubs = cluster(3)
+    h1, h2, _ = hubs
+    cid = uid("ex")
+    c = RawClient(h1.host, h1.port, version=5)
+    assert not c.connect(cid, clean=False, props={"session_expiry_interval": 3}).session_present
+    c.subscribe(f"ex/{cid}", 1)
+    c.disconnect()
+    time.sleep(0.5)
+    h1.kill()
+    time.sleep(14)  # dead after 6 s, reaped within 4 s more, then the rest of the 3 s
+    back = RawClient(h2.host, h2.port, version=5)
+    ack = back.connect(cid, clean=False, props={"session_expiry_interval": 3})
+    note(f"session expiry after hub kill: session present = {ack.session_present}")
+    assert not ack.session_present, \
+        f"the session outlived its 3 s expiry by 11 s\n" + "\n".join(hubs.grep("expired"))
+    back.disconnect()
