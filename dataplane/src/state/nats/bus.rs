@@ -28,6 +28,40 @@ pub struct Interests {
     filters: Mutex<HashMap<Arc<str>, Interest>>,
     /// Subscriptions being set up, for `sync_interest`.
     pending: Mutex<Vec<oneshot::Receiver<()>>>,
+    gaps: Gaps,
+}
+
+/// Subjects this hub gets every stored message of, lose none: the stream republishes each
+/// message with the sequence of the previous one on its subject, so a message whose
+/// previous one never arrived shows a gap (the live feed dropped it somewhere).
+#[derive(Default)]
+struct Gaps(Mutex<HashMap<Box<str>, u64>>);
+
+/// Subjects followed at most; beyond, the table starts over (a gap is then missed, never
+/// invented).
+const GAP_SUBJECTS: usize = 65_536;
+
+impl Gaps {
+    /// Records message `seq` on `subject` whose predecessor there is `prev`; true when a
+    /// message in between was never seen.
+    fn missed(&self, subject: &str, seq: u64, prev: u64) -> bool {
+        let mut seen = self.0.lock();
+        match seen.get_mut(subject) {
+            Some(last) if seq <= *last => false, // a copy for another filter
+            Some(last) => {
+                let gap = prev > *last;
+                *last = seq;
+                gap
+            }
+            None => {
+                if seen.len() >= GAP_SUBJECTS {
+                    seen.clear();
+                }
+                seen.insert(Box::from(subject), seq);
+                false
+            }
+        }
+    }
 }
 
 struct Interest {
@@ -289,6 +323,25 @@ impl NatsState {
         ) else {
             return;
         };
+        // A queue subscription gets only some messages of a subject: no gap check there.
+        if let (Some(pos), false) = (stored, shared) {
+            let prev = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(async_nats::header::NATS_LAST_SEQUENCE))
+                .and_then(|v| v.as_str().parse::<u64>().ok());
+            if let Some(prev) = prev
+                && self
+                    .bus
+                    .gaps
+                    .missed(message.subject.as_str(), pos.seq, prev)
+            {
+                warn!(subject = %message.subject, seq = pos.seq, prev, "gap in the live feed: sessions catch up from their cursors");
+                if let Some(router) = self.router() {
+                    router.resync();
+                }
+            }
+        }
         // A hub delivers its own QoS 0 publishes itself (direct subscriptions only: a
         // shared group's member is chosen by NATS, possibly here).
         if stored.is_none() && !shared && decoded.hub.as_deref() == Some(self.names.hub()) {
@@ -337,5 +390,24 @@ async fn follow(
                 None => break,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gaps_are_seen_per_subject_and_copies_ignored() {
+        let gaps = Gaps::default();
+        assert!(
+            !gaps.missed("a", 5, 0),
+            "first message of a subject: nothing to compare"
+        );
+        assert!(!gaps.missed("a", 5, 0), "a second copy (another filter)");
+        assert!(!gaps.missed("b", 6, 0));
+        assert!(!gaps.missed("a", 7, 5), "predecessor 5 was seen");
+        assert!(gaps.missed("a", 9, 8), "message 8 on 'a' never arrived");
+        assert!(!gaps.missed("a", 10, 9));
     }
 }
