@@ -33,7 +33,12 @@ impl Connection {
                     return Ok(());
                 }
                 let mut rel = PubRel::new(a.pkid);
-                if !found {
+                if found {
+                    // Cluster mode: "released" is on record before PUBREL leaves, so a
+                    // resume after a crash sends PUBREL again, never the PUBLISH (which a
+                    // client that already completed the flow would take as a new message).
+                    self.qos2_unsaved = self.broker.is_cluster();
+                } else {
                     rel.reason = PubRelReason::PacketIdentifierNotFound;
                 }
                 self.send(Packet::PubRel(rel));
@@ -41,8 +46,9 @@ impl Connection {
             }
             Packet::PubComp(a) => {
                 if self.claim.state.take_inflight(a.pkid).is_some() {
-                    // The client may reuse the id now: take it off the record.
-                    Box::pin(self.save_qos2_state()).await?;
+                    // The client may reuse the id now: take it off the record, once for
+                    // every PUBCOMP of this read (`process_input`).
+                    self.qos2_completed = true;
                 }
                 Ok(())
             }

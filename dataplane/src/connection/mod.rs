@@ -148,6 +148,7 @@ pub async fn serve(
             input_pending: false,
             stores: None,
             qos2_unsaved: false,
+            qos2_completed: false,
         };
         let exit = conn.run(&mut transport, &shutdown).await;
         Box::pin(conn.finish(&mut transport, exit)).await;
@@ -219,6 +220,8 @@ pub(crate) struct Connection {
     stores: Option<Box<PendingStores>>,
     /// A QoS 2 PUBLISH is in the write buffer whose packet id is not on record yet.
     qos2_unsaved: bool,
+    /// PUBCOMPs of this read ended QoS 2 flows that are still on record.
+    qos2_completed: bool,
 }
 
 /// A publish waiting for its store: packet id, QoS and the store's outcome.
@@ -425,7 +428,12 @@ impl Connection {
             let max = self.broker.limits.max_packet_size;
             let packet = match codec::decode_packet(&mut self.read_buf, self.version, max) {
                 Ok(Some(p)) => p,
-                Ok(None) => return Ok(()),
+                Ok(None) => {
+                    if std::mem::take(&mut self.qos2_completed) {
+                        self.save_qos2_state().await?;
+                    }
+                    return Ok(());
+                }
                 Err(e) => {
                     self.broker.metrics.malformed(e.kind());
                     return Err(Exit::from_decode(&e));
