@@ -329,6 +329,95 @@ class Cluster:
 
 
 # ---------------------------------------------------------------------------
+# what a cluster keeps in NATS (for failure evidence)
+# ---------------------------------------------------------------------------
+
+
+def nats_request(url: str, subject: str, payload: bytes, timeout: float = 5.0) -> bytes:
+    """One NATS request over the plain text protocol (no client library needed); returns
+    the reply's payload."""
+    import socket
+
+    host, port = url.split("://", 1)[-1].split(",")[0].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=timeout) as s:
+        buf = b""
+
+        def line() -> bytes:
+            nonlocal buf
+            while b"\r\n" not in buf:
+                chunk = s.recv(65536)
+                if not chunk:
+                    raise ConnectionError("NATS closed the connection")
+                buf += chunk
+            out, buf = buf.split(b"\r\n", 1)
+            return out
+
+        def exactly(n: int) -> bytes:
+            nonlocal buf
+            while len(buf) < n + 2:
+                chunk = s.recv(65536)
+                if not chunk:
+                    raise ConnectionError("NATS closed the connection")
+                buf += chunk
+            out, buf = buf[:n], buf[n + 2:]
+            return out
+
+        line()  # INFO
+        inbox = f"_INBOX.{uuid.uuid4().hex}"
+        s.sendall(b'CONNECT {"verbose":false,"pedantic":false,"headers":true,'
+                  b'"no_responders":true}\r\n'
+                  + f"SUB {inbox} 1\r\nPUB {subject} {inbox} {len(payload)}\r\n".encode()
+                  + payload + b"\r\n")
+        while True:
+            head = line()
+            if head == b"PING":
+                s.sendall(b"PONG\r\n")
+            elif head.startswith(b"-ERR"):
+                raise ConnectionError(head.decode())
+            elif head.startswith(b"MSG "):
+                return exactly(int(head.split()[-1]))
+            elif head.startswith(b"HMSG "):
+                parts = head.split()
+                body = exactly(int(parts[-1]))
+                hdr_len = int(parts[-2])
+                if b" 503" in body[:hdr_len].split(b"\r\n", 1)[0]:
+                    raise ConnectionError(f"no responders for {subject}")
+                return body[hdr_len:]
+
+
+def stream_get(cluster: "Cluster", stream: str, request: dict) -> dict | None:
+    """``$JS.API.STREAM.MSG.GET`` on ``stream``: the message (subject, seq, data decoded)
+    or None when there is none."""
+    import base64
+    import json
+
+    reply = json.loads(nats_request(cluster.nats_url, f"$JS.API.STREAM.MSG.GET.{stream}",
+                                    json.dumps(request).encode()))
+    msg = reply.get("message")
+    if not msg:
+        return None
+    msg["data"] = base64.b64decode(msg.get("data", ""))
+    return msg
+
+
+def session_record(cluster: "Cluster", client_id: str) -> dict | None:
+    """The session record the cluster holds for ``client_id`` (JSON from the sessions KV
+    bucket: owner, epoch, cursors, delivered positions, ``out`` = outgoing in flight), or
+    None. Assumes the client id needs no escaping in a KV key."""
+    import json
+
+    bucket = f"cmq_{cluster.name}_sessions"
+    msg = stream_get(cluster, f"KV_{bucket}", {"last_by_subj": f"$KV.{bucket}.{client_id}"})
+    return json.loads(msg["data"]) if msg and msg["data"] else None
+
+
+def stored_payload(cluster: "Cluster", shard: int, seq: int) -> bytes | None:
+    """Payload of the message at ``seq`` in the cluster's message stream ``shard``."""
+    msg = stream_get(cluster, f"cmq_{cluster.name}_msgs_{shard}", {"seq": seq})
+    return msg["data"] if msg else None
+
+
+# ---------------------------------------------------------------------------
 # MQTT clients
 # ---------------------------------------------------------------------------
 

@@ -1,5 +1,6 @@
 """QoS 2 exactly-once when a session moves between hubs in the middle of a flow: the
-subscriber taken over on another hub, and the publisher taken over on another hub.
+subscriber taken over on another hub, the subscriber's hub killed (SIGKILL) and the session
+resumed on another hub, and the publisher taken over on another hub.
 
 paho-mqtt 2.x hands a QoS 2 message to ``on_message`` when the PUBREL arrives (it keeps
 the PUBLISH until then, by packet id) and answers a PUBREL for an unknown packet id with
@@ -22,7 +23,10 @@ from clusterlib import (
     await_route,
     delivery_report,
     note,
+    ranges,
     rc_value,
+    session_record,
+    stored_payload,
     uid,
     wait_for,
     wait_quiet,
@@ -51,6 +55,14 @@ def _move(m: Mqtt, hub, expiry: int) -> socket.socket:
     except Exception:
         pass
     assert wait_for(lambda: c._thread is None, 5), "paho's network thread did not stop"
+    _connect_again(m, hub, expiry)
+    return keep
+
+
+def _connect_again(m: Mqtt, hub, expiry: int) -> None:
+    """Connect the same paho client object (its network thread stopped), with its QoS 2
+    state, to ``hub`` with clean_start False, and wait for a successful CONNACK."""
+    c = m.client
     m.connack = None
     m.disconnected = None
     m.disconnect_event.clear()
@@ -62,7 +74,6 @@ def _move(m: Mqtt, hub, expiry: int) -> socket.socket:
     assert wait_for(lambda: m.connack is not None or m.disconnected is not None, 20), \
         f"no CONNACK from {hub.hub_id}"
     assert m.connack is not None and rc_value(m.connack[0]) == 0, f"CONNACK {m.connack}"
-    return keep
 
 
 def _drain(sock: socket.socket, timeout: float) -> tuple[list[Packet], bytes]:
@@ -167,6 +178,125 @@ def test_qos2_exactly_once_across_takeover(cluster):
                       f"(no PUBREL) in the client: {unreleased[:20]}")
     assert not dups, (f"{len(dups)} duplicated (payload, connection, packet id, dup): "
                       f"{dup_details[:20]}")
+    assert {m.qos for m in msgs} == {2}
+    assert sub.disconnected is None and sub.connected(), f"subscriber dropped: {sub.disconnects}"
+
+
+def _record_summary(hubs, rec: dict | None, payloads: bool) -> str:
+    """What a session record says about outgoing flows (with ``payloads``: which message
+    each stored position is, fetched from the stream)."""
+    if rec is None:
+        return "no session record"
+    out = rec.get("out", [])
+    published = [o for o in out if o.get("m")]
+    released = [o["p"] for o in out if not o.get("m")]
+    delivered = rec.get("delivered", [])
+    text = (f"record epoch {rec.get('epoch')} owner {rec.get('owner')} cursors "
+            f"{rec.get('cursors')}: PUBLISH in flight ids [{ranges(o['p'] for o in published)}], "
+            f"PUBREL in flight ids [{ranges(released)}], {len(delivered)} delivered above "
+            f"the cursors")
+    if payloads:
+        name = lambda shard, seq: (stored_payload(hubs, shard, seq) or b"?").decode()  # noqa: E731
+        text += (f"; PUBLISH in flight (id: payload) "
+                 f"{[(o['p'], name(*o['m'][:2])) for o in published]}; delivered above the "
+                 f"cursors {[name(shard, seq) for shard, seq in delivered]}")
+    return text
+
+
+def test_qos2_exactly_once_across_subscriber_hub_crash(cluster, tmp_path):
+    """Like the takeover test, but hub1 is SIGKILLed midway instead: a QoS 2 subscriber
+    (persistent session) on hub1 receives 300 QoS 2 messages published on hub2 in bursts,
+    slowly, so flows are open at the crash; the same paho client object (its QoS 2 receive
+    state kept) resumes on hub3 with clean_start False. The hub saves the session's record
+    before a QoS 2 PUBLISH leaves it and after PUBCOMP, so hub3 resends what was open with
+    the same packet ids: every message is delivered to the application exactly once."""
+    hubs = cluster(3)
+    h1, h2, h3 = hubs
+    cid = uid("q2k")
+    sub = Mqtt(h1, cid).connect(clean_start=False, expiry=EXPIRY)
+    assert sub.subscribe("q2k/#", qos=2) == [2]
+    pub = Mqtt(h2, max_inflight=100).connect()
+    assert await_route(pub, [sub], "q2k/probe"), "probes from hub2 never reached hub1"
+
+    # paho's own trace of what reached the client (which connection, packet ids, DUP)
+    trace: list[tuple[float, str]] = []
+    sub.client.on_log = lambda client, userdata, level, buf: (
+        trace.append((time.monotonic(), buf)) if buf.startswith("Received PUB") else None)
+    fast = sub.client.on_message
+    crashed = [False]
+
+    def slow_on_message(client, userdata, msg):
+        fast(client, userdata, msg)
+        if not crashed[0]:
+            time.sleep(SLOW_CONSUMER)
+
+    sub.client.on_message = slow_on_message
+    stream = PacedPublisher(pub, "q2k/t", N, DURATION, qos=2, burst=BURST).start()
+    assert wait_for(lambda: stream.sent >= N // 2, 10), "publisher stalled"
+    on_first = len(sub.get(prefix=b"m-"))
+    awaiting = len(sub.client._in_messages)
+    t0 = time.monotonic()
+    crashed[0] = True
+    h1.kill()
+    assert wait_for(lambda: sub.client._thread is None, 10), \
+        "paho's network thread did not stop after the crash of hub1"
+    t_lost = time.monotonic()
+    on_hub1 = len(sub.get(prefix=b"m-"))
+    kept = len(sub.client._in_messages)
+    record = session_record(hubs, cid)  # what hub1 left, before hub3 claims it
+    _connect_again(sub, h3, EXPIRY)
+    t_back = time.monotonic()
+    assert sub.session_present, "resume on hub3 did not find the session"
+    note(f"qos2 subscriber hub crash: hub1 killed after {stream.sent} publishes, {on_first} "
+         f"delivered and {awaiting} PUBLISH(es) awaiting PUBREL in the client at the kill; "
+         f"{on_hub1} delivered and {kept} awaiting PUBREL when the client saw the loss "
+         f"({t_lost - t0:.2f}s); CONNACK on hub3 {t_back - t_lost:.2f}s later; hub1's "
+         f"{_record_summary(hubs, record, payloads=False)}")
+
+    acked = stream.finish(ack_timeout=30)
+    assert len(acked) == N, (f"{N - len(acked)} QoS 2 publishes not completed: refused "
+                             f"{stream.refused()[:10]}, unanswered {stream.unanswered()[:10]}")
+    wait_for(lambda: set(acked) <= set(sub.payloads(prefix=b"m-")), 30, interval=0.1)
+    wait_quiet([sub], 1.5, 15)
+    msgs = sub.get(prefix=b"m-")
+    got = [m.payload for m in msgs]
+    lost, dups = delivery_report("qos2 subscriber hub crash", acked, got)
+    where = lambda t: "hub1" if t < t_lost else "hub3"  # noqa: E731
+    # what hub3 sent again for hub1's open flows: PUBLISH with DUP (no PUBREC on record),
+    # PUBREL for a packet id it did not PUBLISH on this connection (PUBREC on record)
+    on_hub3 = [line for t, line in trace if t >= t_lost]
+    published3 = {int(line.split(", m")[1].split(")")[0]) for line in on_hub3
+                  if line.startswith("Received PUBLISH")}
+    resent_pubrel = [line for line in on_hub3 if line.startswith("Received PUBREL")
+                     and int(line.split("Mid: ")[1].rstrip(")")) not in published3]
+    resent_publish = [line for line in on_hub3 if line.startswith("Received PUBLISH (d1")]
+    note(f"qos2 subscriber hub crash: hub3 resent {len(resent_publish)} PUBLISH (DUP) and "
+         f"{len(resent_pubrel)} PUBREL of hub1's flows")
+    trace_file = tmp_path / "client-trace.txt"
+    events = [(t, f"{where(t)} {line}") for t, line in trace]
+    events += [(m.at, f"{where(m.at)} delivered {m.payload.decode()} (m{m.mid})") for m in msgs]
+    trace_file.write_text("".join(f"{t - t0:+.4f} {line}\n" for t, line in sorted(events)))
+    copies: dict[bytes, list[str]] = {}
+    for m in msgs:
+        if m.payload in dups:
+            copies.setdefault(m.payload, []).append(f"{where(m.at)} m{m.mid} d{int(m.dup)}")
+    dup_details = [f"{p.decode()}: {' / '.join(c)}" for p, c in copies.items()]
+    hub3_mids = {m.mid for m in msgs if m.payload in dups and where(m.at) == "hub3"}
+    dup_trace = [line for t, line in trace if where(t) == "hub3"
+                 and any(f"m{mid})" in line or f"(Mid: {mid})" in line for mid in hub3_mids)]
+    unreleased = sorted((m.payload, m.mid) for m in sub.client._in_messages.values())
+    lost_trace = [f"{where(t)} {line}" for t, line in trace
+                  if any(f"m{mid})" in line or f"(Mid: {mid})" in line for _, mid in unreleased)]
+    if lost or dups:
+        note(f"qos2 subscriber hub crash: hub1's {_record_summary(hubs, record, payloads=True)}")
+    assert not lost, (f"{len(lost)} messages lost: {lost[:20]}; PUBLISHes never released "
+                      f"(no PUBREL) in the client (payload, packet id): {unreleased[:20]}; "
+                      f"client trace for those packet ids: {lost_trace[:40]}; client trace "
+                      f"in {trace_file}")
+    assert not dups, (f"{len(dups)} duplicated, each delivery as connection, packet id, "
+                      f"DUP flag: {dup_details[:30]}; what hub3 sent for the packet ids of "
+                      f"its copies: {dup_trace[:60]}; hub3 on the session: "
+                      f"{h3.grep(cid)[-10:]}; client trace in {trace_file}")
     assert {m.qos for m in msgs} == {2}
     assert sub.disconnected is None and sub.connected(), f"subscriber dropped: {sub.disconnects}"
 
