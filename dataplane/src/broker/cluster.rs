@@ -26,7 +26,7 @@ const REPLAY_PAGE: usize = 256;
 const EVICT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// What a resumed session must catch up on.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct ReplayPlan {
     pub subscriptions: Vec<(String, SubOptions)>,
     pub skip: HashSet<StreamPos>,
@@ -216,8 +216,31 @@ impl Broker {
         let broker = self.clone();
         let session = claim.session.clone();
         tokio::spawn(async move {
-            if let Err(e) = broker.replay(&session, *plan).await {
-                warn!(client_id = %session.client_id, error = %e, "replay of stored messages failed");
+            let mut plan = *plan;
+            let mut backoff = Duration::from_millis(200);
+            loop {
+                match broker.replay(&session, plan.clone()).await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        // NATS may be electing a stream leader or reconnecting: try again,
+                        // live messages stay buffered meanwhile.
+                        warn!(client_id = %session.client_id, error = %e, "replay of stored messages failed; retrying");
+                    }
+                }
+                if !session.is_online() {
+                    break;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                // What the failed attempt queued is not replayed again.
+                if let Some(t) = session.tracking.lock().as_ref() {
+                    plan.skip.extend(t.recent.iter().chain(&t.older).copied());
+                }
+            }
+            // The connection is gone: leave no session stuck in replay.
+            if let Some(t) = session.tracking.lock().as_mut() {
+                t.replaying = false;
+                t.buffer.clear();
             }
         });
     }
@@ -341,8 +364,10 @@ impl Broker {
     /// Moves positions that are one tick old into the cursors (called every tick by the
     /// session's connection). Returns whether the session has something to checkpoint.
     pub fn tick(&self, claim: &Claim) -> bool {
-        let pending = pending_positions(claim);
+        // Pending is read under the tracking lock: a message queued meanwhile is then
+        // either pending here or recorded only after this tick.
         let mut guard = claim.session.tracking.lock();
+        let pending = pending_positions(claim);
         let Some(t) = guard.as_mut() else {
             return false;
         };
@@ -376,7 +401,6 @@ impl Broker {
 
     /// The session's record as it stands.
     pub async fn record_of(&self, claim: &Claim, connected: bool) -> SessionRecord {
-        let pending = pending_positions(claim);
         let missing = claim
             .session
             .tracking
@@ -394,7 +418,10 @@ impl Broker {
         } else {
             None
         };
+        // Pending is read under the tracking lock (see `tick`): a message queued in between
+        // must not be listed as delivered.
         let mut guard = claim.session.tracking.lock();
+        let pending = pending_positions(claim);
         let (cursors, delivered) = match guard.as_mut() {
             Some(t) => {
                 if let Some(heads) = heads

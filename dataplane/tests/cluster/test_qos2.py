@@ -208,8 +208,9 @@ def test_qos2_exactly_once_across_subscriber_hub_crash(cluster, tmp_path):
     (persistent session) on hub1 receives 300 QoS 2 messages published on hub2 in bursts,
     slowly, so flows are open at the crash; the same paho client object (its QoS 2 receive
     state kept) resumes on hub3 with clean_start False. The hub saves the session's record
-    before a QoS 2 PUBLISH leaves it and after PUBCOMP, so hub3 resends what was open with
-    the same packet ids: every message is delivered to the application exactly once."""
+    before a QoS 2 PUBLISH leaves it, before its PUBREL leaves and after PUBCOMP, so hub3
+    resends what was open with the same packet ids (PUBLISH only for flows the client has
+    not completed): every message is delivered to the application exactly once."""
     hubs = cluster(3)
     h1, h2, h3 = hubs
     cid = uid("q2k")

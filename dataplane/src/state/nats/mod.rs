@@ -121,52 +121,20 @@ impl NatsState {
             .timeout(Duration::from_secs(5))
             .ack_timeout(Duration::from_secs(5))
             .build(client.clone());
-        let mut msgs = Vec::with_capacity(usize::from(config.shards));
-        for shard in 0..config.shards {
-            let cfg = stream::Config {
-                name: names.msgs_stream(shard),
-                subjects: vec![names.stored_wildcard(shard)],
-                retention: stream::RetentionPolicy::Limits,
-                max_age: config.retention,
-                num_replicas: config.replicas,
-                allow_direct: true,
-                allow_message_ttl: true,
-                discard: stream::DiscardPolicy::Old,
-                republish: Some(stream::Republish {
-                    source: names.stored_wildcard(shard),
-                    destination: names.live_wildcard(shard),
-                    headers_only: false,
-                }),
-                ..Default::default()
-            };
-            msgs.push(ensure_stream(&js, cfg).await?);
-        }
-        let retained = ensure_stream(
-            &js,
-            stream::Config {
-                name: names.retained_stream(),
-                subjects: vec![names.retained_wildcard()],
-                max_messages_per_subject: 1,
-                num_replicas: config.replicas,
-                allow_direct: true,
-                allow_message_ttl: true,
-                ..Default::default()
-            },
-        )
-        .await?;
-        let sessions = match js.get_key_value(names.sessions_bucket()).await {
-            Ok(store) => store,
-            Err(_) => js
-                .create_or_update_key_value(kv::Config {
-                    bucket: names.sessions_bucket(),
-                    history: 1,
-                    num_replicas: config.replicas,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| unavailable("creating the sessions bucket", e))?,
+        // A NATS cluster that is still electing leaders (a fresh or recovering deployment)
+        // times requests out: keep trying for a while before giving up.
+        let mut attempt = 0u32;
+        let (msgs, retained, sessions, hubs, owners) = loop {
+            match create_all(&js, &names, &config).await {
+                Ok(all) => break all,
+                Err(e) if attempt < 12 => {
+                    attempt += 1;
+                    warn!(error = %e, attempt, "cannot set up the cluster's streams yet; retrying");
+                    tokio::time::sleep(Duration::from_secs(u64::from(attempt.min(5)))).await;
+                }
+                Err(e) => return Err(e),
+            }
         };
-        let (hubs, owners) = presence::create_streams(&js, &names, config.replicas).await?;
         let state = Arc::new(Self {
             client,
             js,
@@ -286,6 +254,69 @@ impl NatsState {
             }
         });
     }
+}
+
+type Streams = (
+    Vec<stream::Stream>,
+    stream::Stream,
+    kv::Store,
+    stream::Stream,
+    stream::Stream,
+);
+
+/// Creates or verifies every stream and bucket of the cluster.
+async fn create_all(
+    js: &jetstream::Context,
+    names: &Names,
+    config: &NatsConfig,
+) -> Result<Streams, StateError> {
+    let mut msgs = Vec::with_capacity(usize::from(config.shards));
+    for shard in 0..config.shards {
+        let cfg = stream::Config {
+            name: names.msgs_stream(shard),
+            subjects: vec![names.stored_wildcard(shard)],
+            retention: stream::RetentionPolicy::Limits,
+            max_age: config.retention,
+            num_replicas: config.replicas,
+            allow_direct: true,
+            allow_message_ttl: true,
+            discard: stream::DiscardPolicy::Old,
+            republish: Some(stream::Republish {
+                source: names.stored_wildcard(shard),
+                destination: names.live_wildcard(shard),
+                headers_only: false,
+            }),
+            ..Default::default()
+        };
+        msgs.push(ensure_stream(js, cfg).await?);
+    }
+    let retained = ensure_stream(
+        js,
+        stream::Config {
+            name: names.retained_stream(),
+            subjects: vec![names.retained_wildcard()],
+            max_messages_per_subject: 1,
+            num_replicas: config.replicas,
+            allow_direct: true,
+            allow_message_ttl: true,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let sessions = match js.get_key_value(names.sessions_bucket()).await {
+        Ok(store) => store,
+        Err(_) => js
+            .create_or_update_key_value(kv::Config {
+                bucket: names.sessions_bucket(),
+                history: 1,
+                num_replicas: config.replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| unavailable("creating the sessions bucket", e))?,
+    };
+    let (hubs, owners) = presence::create_streams(js, names, config.replicas).await?;
+    Ok((msgs, retained, sessions, hubs, owners))
 }
 
 /// The servers of a comma-separated URL list.
