@@ -416,17 +416,7 @@ impl Connection {
         if let Err(e) = self.broker.state.bus.sync_interest().await {
             warn!(error = %e, "subscriptions not confirmed by NATS");
         }
-        match self.broker.checkpoint(&self.claim).await {
-            Ok(()) => Ok(()),
-            Err(StateError::Fenced(_)) => {
-                self.broker.metrics.cluster.fenced.inc();
-                Err(Exit::TakenOver)
-            }
-            Err(e) => {
-                warn!(error = %e, "could not save the session's subscriptions");
-                Ok(())
-            }
-        }
+        self.save_record("the session's subscriptions").await
     }
 
     /// Cluster mode: saves a persistent session's QoS 2 packet ids before the client is
@@ -435,6 +425,13 @@ impl Connection {
         if !self.broker.is_cluster() {
             return Ok(());
         }
+        self.save_record("the QoS 2 state").await
+    }
+
+    /// Writes a persistent session's record now. Only losing the session to another hub
+    /// ends the connection; a store that is unavailable is logged and the record is written
+    /// again at the next change or checkpoint.
+    async fn save_record(&mut self, what: &'static str) -> Result<(), Exit> {
         match self.broker.checkpoint(&self.claim).await {
             Ok(()) => Ok(()),
             Err(StateError::Fenced(_)) => {
@@ -442,7 +439,7 @@ impl Connection {
                 Err(Exit::TakenOver)
             }
             Err(e) => {
-                warn!(error = %e, "could not save the QoS 2 state");
+                warn!(error = %e, "could not save {what}");
                 Ok(())
             }
         }
