@@ -200,17 +200,7 @@ impl Broker {
             }
             return;
         }
-        let record = SessionRecord {
-            client_id: session.client_id.to_string(),
-            subscriptions: claim
-                .state
-                .subscriptions
-                .iter()
-                .map(|(f, o)| (f.clone(), *o))
-                .collect(),
-            expiry_interval: expiry,
-            ..SessionRecord::default()
-        };
+        let record = self.record_of(&claim, false).await;
         if let Err(e) = self.state.sessions.save(record).await {
             warn!(client_id = %session.client_id, error = %e, "could not save the session record");
         }

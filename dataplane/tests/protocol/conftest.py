@@ -23,7 +23,6 @@ mosquitto (CMQ-specific behaviour, or a limit mosquitto does not have).
 from __future__ import annotations
 
 import os
-import random
 import sys
 import uuid
 import shutil
@@ -103,34 +102,7 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-_used_ports: set[int] = set()
-
-
-def _bindable(family, addr, port) -> bool:
-    try:
-        with socket.socket(family, socket.SOCK_STREAM) as s:
-            s.bind((addr, port))  # deliberately without SO_REUSEADDR
-        return True
-    except OSError:
-        return False
-
-
-def free_port() -> int:
-    """A free loopback port outside the kernel's ephemeral range.
-
-    Ports handed out by bind(0) come from the ephemeral range, where the many
-    short client connections of this suite leave TIME_WAIT sockets; listeners
-    that bind without SO_REUSEADDR (libwebsockets in mosquitto binds '::')
-    then fail with EADDRINUSE. So pick from 20000-32000 and check that both the
-    IPv4 loopback and the IPv6 wildcard are bindable."""
-    for _ in range(500):
-        port = random.randint(20000, 32000)
-        if port in _used_ports:
-            continue
-        if _bindable(socket.AF_INET, HOST, port) and _bindable(socket.AF_INET6, "::", port):
-            _used_ports.add(port)
-            return port
-    raise RuntimeError("no free port found")
+from natsserver import free_port  # noqa: E402  (one port picker for every suite)
 
 
 def _port_open(port: int) -> bool:
