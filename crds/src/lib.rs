@@ -7,3 +7,24 @@ pub mod v1alpha1;
 
 /// The API group of every CMQ resource.
 pub const GROUP: &str = "cmq.io";
+
+pub mod kv;
+pub mod template;
+
+/// Why a resource is invalid: the field (a path such as `spec.password.hash`) and what is
+/// wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct FieldError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}

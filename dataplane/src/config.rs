@@ -21,9 +21,18 @@ pub struct HubArgs {
     /// Admin HTTP address: /metrics, /healthz, /readyz ("off" disables it).
     #[arg(long, env = "CMQ_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
     pub admin_listen: String,
-    /// Folder of resource YAML files (MqttCluster listener and limits settings).
+    /// Folder of resource YAML files: MqttCluster (listeners, limits, auth defaults),
+    /// DeviceCredential, TopicAcl and the Secrets credentials refer to.
     #[arg(long, env = "CMQ_MANIFESTS")]
     pub manifests: Option<PathBuf>,
+    /// How often the manifests folder is checked for changes, in milliseconds (0: never;
+    /// credentials and ACLs are reloaded, listeners and limits need a restart).
+    #[arg(long, env = "CMQ_MANIFESTS_RELOAD_MS", default_value_t = 2000)]
+    pub manifests_reload_ms: u64,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
     /// Most concurrent connections; further CONNECTs get CONNACK 0x97 / 0x03.
     #[arg(long, env = "CMQ_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
@@ -72,6 +81,59 @@ pub struct HubArgs {
     /// 0x9C (use another server) with it instead of 0x8B (server shutting down).
     #[arg(long, env = "CMQ_SERVER_REFERENCE")]
     pub server_reference: Option<String>,
+}
+
+/// Authentication and authorization flags; each wins over the manifests' `spec.auth`.
+#[derive(Args, Debug, Clone)]
+pub struct AuthArgs {
+    /// Whether clients without a credential may connect (default: only while no
+    /// DeviceCredential exists).
+    #[arg(long, env = "CMQ_ALLOW_ANONYMOUS")]
+    pub allow_anonymous: Option<bool>,
+    /// Verdict when no TopicAcl rule matches (default: allow).
+    #[arg(long, env = "CMQ_DEFAULT_PERMISSION", value_enum)]
+    pub default_permission: Option<PermissionArg>,
+    /// What a denied publish does: ignore (dropped; MQTT 5 gets reason 0x87) or disconnect.
+    #[arg(long, env = "CMQ_DENY_ACTION", value_enum)]
+    pub deny_action: Option<DenyActionArg>,
+    /// Failed authentications from one address or client id before further attempts are
+    /// refused for the rest of the window (0: no limit).
+    #[arg(long, env = "CMQ_AUTH_FAILURE_LIMIT", default_value_t = 5)]
+    pub auth_failure_limit: u32,
+    /// The window of --auth-failure-limit, in seconds.
+    #[arg(long, env = "CMQ_AUTH_FAILURE_WINDOW_SECS", default_value_t = 60)]
+    pub auth_failure_window_secs: u64,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy)]
+pub enum PermissionArg {
+    Allow,
+    Deny,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy)]
+pub enum DenyActionArg {
+    Ignore,
+    Disconnect,
+}
+
+impl AuthArgs {
+    pub fn flags(&self) -> crate::access::AuthFlags {
+        use cmq_crds::v1alpha1::{DenyAction, Permission};
+        crate::access::AuthFlags {
+            allow_anonymous: self.allow_anonymous,
+            default_permission: self.default_permission.map(|p| match p {
+                PermissionArg::Allow => Permission::Allow,
+                PermissionArg::Deny => Permission::Deny,
+            }),
+            deny_action: self.deny_action.map(|d| match d {
+                DenyActionArg::Ignore => DenyAction::Ignore,
+                DenyActionArg::Disconnect => DenyAction::Disconnect,
+            }),
+            failure_limit: self.auth_failure_limit,
+            failure_window: Duration::from_secs(self.auth_failure_window_secs.max(1)),
+        }
+    }
 }
 
 /// Limits every connection of the hub enforces.
@@ -124,6 +186,9 @@ impl Default for Limits {
 pub struct Listeners {
     pub mqtt: Option<SocketAddr>,
     pub websocket: Option<SocketAddr>,
+    /// TLS listeners: only when a certificate is configured.
+    pub mqtts: Option<SocketAddr>,
+    pub wss: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
 }
 
@@ -167,6 +232,8 @@ impl HubArgs {
         let mut listeners = Listeners {
             mqtt: parse_listen("--mqtt-listen", &self.mqtt_listen)?,
             websocket: parse_listen("--ws-listen", &self.ws_listen)?,
+            mqtts: parse_listen("--mqtts-listen", &self.tls.mqtts_listen)?,
+            wss: parse_listen("--wss-listen", &self.tls.wss_listen)?,
             admin: parse_listen("--admin-listen", &self.admin_listen)?,
         };
         if let Some(l) = spec.map(|s| &s.listeners) {
@@ -182,6 +249,22 @@ impl HubArgs {
                 &self.ws_listen,
                 "0.0.0.0:8083",
             );
+            apply_listener(
+                &mut listeners.mqtts,
+                l.mqtts.as_ref(),
+                &self.tls.mqtts_listen,
+                "0.0.0.0:8883",
+            );
+            apply_listener(
+                &mut listeners.wss,
+                l.wss.as_ref(),
+                &self.tls.wss_listen,
+                "0.0.0.0:8084",
+            );
+        }
+        if self.tls.tls_cert.is_none() || self.tls.tls_key.is_none() {
+            listeners.mqtts = None;
+            listeners.wss = None;
         }
         let m = spec.map(|s| s.limits.clone()).unwrap_or_default();
         let d = Limits::default();

@@ -1,6 +1,7 @@
 //! CMQ data plane: the hub (an MQTT 3.1/3.1.1/5.0 broker), its state layer, and the
 //! standalone mode that runs it in one process.
 
+pub mod access;
 pub mod admin;
 pub mod broker;
 pub mod codec;
@@ -9,5 +10,7 @@ pub mod connection;
 pub mod listener;
 pub mod manifests;
 pub mod metrics;
+pub mod registry_cli;
 pub mod server;
 pub mod state;
+pub mod tls;

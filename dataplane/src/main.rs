@@ -22,13 +22,17 @@ enum Command {
     Hub(cmq::server::ClusterHubArgs),
     /// Load-test an MQTT broker (CMQ or any other).
     Bench(cmq_loadgen::BenchArgs),
+    /// Write DeviceCredentials and TopicAcls into a cluster's NATS KV (what the operator
+    /// does), or delete them.
+    Registry(cmq::registry_cli::RegistryArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("info,rustls=error")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -46,5 +50,11 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(cmq::server::run_cluster_hub(args))
         }
         Command::Bench(args) => cmq_loadgen::run_blocking(args).map(|_| ()),
+        Command::Registry(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(cmq::registry_cli::run(args))
+        }
     }
 }

@@ -32,6 +32,8 @@ pub struct Metrics {
     pub bytes_sent: Counter,
     /// Cluster mode.
     pub cluster: ClusterMetrics,
+    /// Authentication, ACLs, registry and TLS.
+    pub access: crate::access::AccessMetrics,
 }
 
 /// What an operator graphs about a hub in a cluster.
@@ -173,8 +175,10 @@ impl Metrics {
         ] {
             registry.register(name, help, counter.clone());
         }
+        let access = crate::access::AccessMetrics::register(&mut registry);
         Self {
             cluster,
+            access,
             registry,
             connections,
             sessions,

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::access::Access;
 use crate::admin::{self, AdminState};
 use crate::broker::Broker;
 use crate::config::HubArgs;
@@ -20,6 +21,7 @@ use crate::manifests;
 use crate::metrics::Metrics;
 use crate::state::State;
 use crate::state::nats::{NatsConfig, NatsState, Router};
+use crate::tls::TlsSource;
 
 /// Flags of `cmq standalone`.
 #[derive(Args, Debug, Clone)]
@@ -56,7 +58,6 @@ pub struct ClusterHubArgs {
 
 /// `cmq standalone`: runs until SIGTERM or Ctrl-C, then drains.
 pub async fn run_standalone(args: StandaloneArgs) -> anyhow::Result<()> {
-    warn!("no device credentials are configured: anonymous clients are allowed");
     run(args.hub, State::memory(), None, "standalone").await
 }
 
@@ -74,7 +75,6 @@ pub async fn run_cluster_hub(args: ClusterHubArgs) -> anyhow::Result<()> {
     let nats = NatsState::connect(config)
         .await
         .context("cannot join the cluster on NATS")?;
-    warn!("no device credentials are configured: anonymous clients are allowed");
     run(args.hub, nats.state(), Some(nats), "hub").await
 }
 
@@ -105,12 +105,56 @@ async fn run(
         None => manifests::Manifests::default(),
     };
     let (listeners, limits) = args.resolve(manifests.cluster.as_ref())?;
+    let tls = match args.tls.files()? {
+        Some(files) => Some(TlsSource::load(files).context("cannot set up TLS")?),
+        None => None,
+    };
     info!(?limits, mode, "starting CMQ");
     let metrics = Arc::new(Metrics::new());
-    let broker = Broker::new(limits, state, metrics.clone());
-    if let Some(nats) = &nats {
-        let router: Arc<dyn Router> = broker.clone();
-        nats.attach(Arc::downgrade(&router));
+    let access = Arc::new(Access::new(args.auth.flags(), metrics.access.clone()));
+    let broker = Broker::new(limits, state, metrics.clone(), access.clone());
+    // Watchers of the registry sources and TLS files; stopped last.
+    let background = CancellationToken::new();
+    match &nats {
+        None => {
+            if let Some(dir) = &args.manifests {
+                broker.update_access(manifests::access_inputs(&manifests)?);
+                let every = Duration::from_millis(args.manifests_reload_ms);
+                tokio::spawn(manifests::watch(
+                    dir.clone(),
+                    every,
+                    broker.clone(),
+                    background.clone(),
+                ));
+            }
+        }
+        Some(nats) => {
+            let router: Arc<dyn Router> = broker.clone();
+            nats.attach(Arc::downgrade(&router));
+            let auth = manifests
+                .cluster
+                .as_ref()
+                .map(|c| c.spec.auth.clone())
+                .unwrap_or_default();
+            let weak = Arc::downgrade(&broker);
+            let apply: crate::state::nats::registry::Apply = Arc::new(move |inputs| {
+                if let Some(b) = weak.upgrade() {
+                    b.update_access(inputs);
+                }
+            });
+            nats.watch_registry(auth, apply, metrics.access.clone(), background.clone())
+                .await
+                .context("cannot read the registry from NATS KV")?;
+        }
+    }
+    if access.snapshot().allow_anonymous {
+        warn!("anonymous clients are allowed (no DeviceCredential, or allowAnonymous set)");
+    }
+    if let Some(tls) = &tls {
+        tokio::spawn(
+            tls.clone()
+                .watch(metrics.access.clone(), background.clone()),
+        );
     }
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
@@ -119,6 +163,8 @@ async fn run(
     for (addr, kind) in [
         (listeners.mqtt, ListenerKind::Mqtt),
         (listeners.websocket, ListenerKind::WebSocket),
+        (listeners.mqtts, ListenerKind::Mqtts),
+        (listeners.wss, ListenerKind::Wss),
     ] {
         let Some(addr) = addr else { continue };
         let socket = TcpListener::bind(addr)
@@ -128,6 +174,7 @@ async fn run(
             socket,
             kind,
             broker.clone(),
+            tls.clone(),
             shutdown.clone(),
             tasks.clone(),
         )));
@@ -174,6 +221,7 @@ async fn run(
         );
     }
     broker.shutdown().await;
+    background.cancel();
     if let Some(nats) = &nats {
         nats.close().await;
     }

@@ -32,7 +32,11 @@ impl Drop for Hub {
 
 async fn start(limits: Limits) -> Hub {
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
-    let broker = Broker::new(limits, State::memory(), Arc::new(Metrics::new()));
+    let broker = {
+        let metrics = Arc::new(Metrics::new());
+        let access = cmq::access::Access::empty(metrics.access.clone());
+        Broker::new(limits, State::memory(), metrics, access)
+    };
     let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = socket.local_addr().unwrap();
     let shutdown = CancellationToken::new();
@@ -40,6 +44,7 @@ async fn start(limits: Limits) -> Hub {
         socket,
         ListenerKind::Mqtt,
         broker.clone(),
+        None,
         shutdown.clone(),
         TaskTracker::new(),
     ));
@@ -465,7 +470,11 @@ async fn dup_on_qos0_and_subscription_id_from_a_client_are_refused() {
 #[tokio::test]
 async fn a_connection_task_stays_small() {
     // Every connection is one task of this size; idle fleets are mostly this.
-    let broker = Broker::new(Limits::default(), State::memory(), Arc::new(Metrics::new()));
+    let broker = {
+        let metrics = Arc::new(Metrics::new());
+        let access = cmq::access::Access::empty(metrics.access.clone());
+        Broker::new(Limits::default(), State::memory(), metrics, access)
+    };
     let (a, _b) = tokio::io::duplex(10);
     let task = cmq::connection::serve(
         broker,

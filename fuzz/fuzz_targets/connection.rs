@@ -68,7 +68,11 @@ fn harness() -> &'static Harness {
             connect_timeout: Duration::from_millis(200),
             ..Limits::default()
         };
-        let broker = Broker::new(limits, State::memory(), Arc::new(Metrics::new()));
+        let broker = {
+        let metrics = Arc::new(Metrics::new());
+        let access = cmq::access::Access::empty(metrics.access.clone());
+        Broker::new(limits, State::memory(), metrics, access)
+    };
         Harness { rt, broker }
     })
 }

@@ -20,7 +20,7 @@ mod tree;
 mod trie;
 mod validate;
 
-pub use matching::matches;
+pub use matching::{covers, intersects, matches};
 pub use tree::TopicTree;
 pub use trie::SubscriptionTrie;
 pub use validate::{

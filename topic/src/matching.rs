@@ -32,9 +32,98 @@ pub fn matches(filter: &str, topic: &str) -> bool {
     }
 }
 
+/// Whether every topic the filter `inner` can match is also matched by `outer`: the test
+/// an ACL rule's filter passes to allow a subscription (`a/#` covers `a/+/b` and `a`, `+`
+/// does not cover `#`). Topics starting with '$' are covered only by a filter that names
+/// them. Both arguments are assumed valid; this function never allocates.
+pub fn covers(outer: &str, inner: &str) -> bool {
+    if inner.starts_with('$') && starts_with_wildcard(outer) {
+        return false;
+    }
+    let mut outer_levels = outer.split('/');
+    let mut inner_levels = inner.split('/');
+    loop {
+        match (outer_levels.next(), inner_levels.next()) {
+            (Some("#"), _) => return true,
+            (None, None) => return true,
+            // `#` in the inner filter reaches deeper than anything but `#`.
+            (_, Some("#")) => return false,
+            (Some("+"), Some(_)) => {}
+            (Some(o), Some(i)) if o == i => {}
+            _ => return false,
+        }
+    }
+}
+
+/// Whether some topic name is matched by both filters: the test a deny rule's filter uses
+/// against a subscription, so that `deny secret/#` refuses a subscription to `#`. Both
+/// arguments are assumed valid; this function never allocates.
+pub fn intersects(a: &str, b: &str) -> bool {
+    if (a.starts_with('$') && starts_with_wildcard(b))
+        || (b.starts_with('$') && starts_with_wildcard(a))
+    {
+        return false;
+    }
+    let mut a_levels = a.split('/');
+    let mut b_levels = b.split('/');
+    loop {
+        match (a_levels.next(), b_levels.next()) {
+            (Some("#"), _) | (_, Some("#")) | (None, None) => return true,
+            (Some("+"), Some(_)) | (Some(_), Some("+")) => {}
+            (Some(x), Some(y)) if x == y => {}
+            _ => return false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn intersects_table() {
+        let cases: &[(&str, &str, bool)] = &[
+            ("secret/#", "#", true),
+            ("secret/#", "+/x", true),
+            ("secret/#", "public/#", false),
+            ("a/+/c", "a/b/+", true),
+            ("a/b", "a/b/c", false),
+            ("a/#", "a", true),
+            ("a", "a/#", true),
+            ("$SYS/#", "#", false),
+            ("$SYS/#", "$SYS/+", true),
+            ("a/+", "a/b/c", false),
+        ];
+        for (a, b, want) in cases {
+            assert_eq!(intersects(a, b), *want, "{a} ∩ {b}");
+            assert_eq!(intersects(b, a), *want, "{b} ∩ {a}");
+        }
+    }
+
+    #[test]
+    fn covers_table() {
+        let cases: &[(&str, &str, bool)] = &[
+            ("a/#", "a/+/b", true),
+            ("a/#", "a", true),
+            ("a/#", "a/#", true),
+            ("#", "#", true),
+            ("#", "$SYS/#", false),
+            ("$SYS/#", "$SYS/x", true),
+            ("+", "#", false),
+            ("a/+", "a/+", true),
+            ("a/+", "a/b", true),
+            ("a/b", "a/+", false),
+            ("a/+", "a/b/c", false),
+            ("a/+/c", "a/#", false),
+            ("a/b", "a/b", true),
+            ("a/b", "a/b/c", false),
+            ("a/+/#", "a/x", true),
+            ("devices/d1/#", "devices/d2/x", false),
+        ];
+        for (outer, inner, want) in cases {
+            assert_eq!(covers(outer, inner), *want, "{outer} covers {inner}");
+        }
+    }
 
     #[test]
     fn table() {

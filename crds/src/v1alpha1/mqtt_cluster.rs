@@ -19,6 +19,36 @@ pub struct MqttClusterSpec {
     /// Settings of the hub, the device-facing MQTT gateway.
     #[serde(default)]
     pub hub: HubSpec,
+    /// Authentication and authorization defaults.
+    #[serde(default)]
+    pub auth: AuthSpec,
+}
+
+/// Who may connect without a credential, and what happens when no ACL rule matches.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthSpec {
+    /// Whether clients that present no credential (no username, password or client
+    /// certificate matching a DeviceCredential) may connect. Default: true when the
+    /// cluster has no DeviceCredential, false otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_anonymous: Option<bool>,
+    /// The verdict when no TopicAcl rule matches a publish or subscribe (default: allow).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_permission: Option<crate::v1alpha1::Permission>,
+    /// What a denied publish does besides being dropped: `ignore` (MQTT 5 clients get
+    /// PUBACK/PUBREC 0x87, 3.1.1 clients nothing) or `disconnect` (the connection is closed,
+    /// MQTT 5 DISCONNECT 0x87). Default: ignore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deny_action: Option<DenyAction>,
+}
+
+/// What a denied publish does to the connection.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum DenyAction {
+    Ignore,
+    Disconnect,
 }
 
 /// Settings of the hub.
@@ -43,6 +73,42 @@ pub struct ListenersSpec {
     /// MQTT over WebSocket, path `/mqtt`, subprotocol `mqtt` (default port 8083).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub websocket: Option<ListenerSpec>,
+    /// MQTT over TLS (default port 8883); runs when `tls` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mqtts: Option<ListenerSpec>,
+    /// MQTT over secure WebSocket, path `/mqtt` (default port 8084); runs when `tls` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wss: Option<ListenerSpec>,
+    /// The certificate of the TLS listeners and how they treat client certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+}
+
+/// TLS settings shared by the `mqtts` and `wss` listeners. In Kubernetes the Secrets are
+/// mounted into the hub pods and re-read when they change; standalone mode takes the file
+/// flags (`--tls-cert`, `--tls-key`, `--tls-client-ca`) instead.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// A `kubernetes.io/tls` Secret with the server certificate chain and key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// A Secret whose `ca.crt` holds the CA bundle client certificates are checked against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca_secret_name: Option<String>,
+    /// Whether clients present a certificate: `none` (not asked), `optional` (checked when
+    /// presented) or `required`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_auth: Option<ClientAuth>,
+}
+
+/// Client certificate policy of a TLS listener.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum ClientAuth {
+    None,
+    Optional,
+    Required,
 }
 
 /// One listener.

@@ -32,6 +32,8 @@ use subscriptions::Subscriptions;
 /// Shared core of one hub.
 pub struct Broker {
     pub limits: Limits,
+    /// Device registry and topic ACLs.
+    pub access: Arc<crate::access::Access>,
     pub state: State,
     pub metrics: Arc<Metrics>,
     registry: Mutex<HashMap<Arc<str>, Arc<Session>>>,
@@ -48,9 +50,15 @@ pub struct Broker {
 
 impl Broker {
     /// A broker with no sessions.
-    pub fn new(limits: Limits, state: State, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn new(
+        limits: Limits,
+        state: State,
+        metrics: Arc<Metrics>,
+        access: Arc<crate::access::Access>,
+    ) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
             limits,
+            access,
             state,
             metrics,
             registry: Mutex::new(HashMap::new()),
@@ -158,6 +166,16 @@ impl Broker {
                 }
                 return;
             }
+        }
+    }
+
+    /// Puts a new registry state in force and wakes every session's connection, which
+    /// re-checks its credential and subscriptions against it.
+    pub fn update_access(&self, inputs: crate::access::Inputs) {
+        self.access.replace(inputs);
+        let sessions: Vec<Arc<Session>> = self.registry.lock().values().cloned().collect();
+        for session in sessions {
+            session.notify.notify_one();
         }
     }
 

@@ -1,4 +1,5 @@
-//! CONNECT → CONNACK: protocol detection, client identifier, limits, session claim.
+//! CONNECT → CONNACK: protocol detection, client identifier, limits, authentication,
+//! session claim.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,6 +9,7 @@ use mqttbytes::v5::{ConnAck, ConnAckProperties, Connect, ConnectReturnCode, Pack
 use tracing::{debug, info, warn};
 
 use super::Transport;
+use crate::access::{AuthError, PeerCert};
 use crate::broker::{Broker, Claim, ConnectionSlot, Will};
 use crate::codec::{self, ConnectError, ProtocolVersion};
 
@@ -19,6 +21,8 @@ pub struct Accepted<'a> {
     pub client_id: Arc<str>,
     pub claim: Claim,
     pub will: Option<Will>,
+    /// Who the client is, and its ACL.
+    pub access: Box<super::ConnAccess>,
     /// Effective keep-alive (0 = none).
     pub keep_alive: u16,
     /// Whether CONNECT asked for session expiry 0 (DISCONNECT may then not raise it).
@@ -50,7 +54,9 @@ pub enum Refused {
 pub async fn handshake<'a>(
     broker: &'a Arc<Broker>,
     transport: &mut Transport,
+    ip: std::net::IpAddr,
 ) -> Result<Accepted<'a>, Refused> {
+    let cert = transport.peer_cert();
     let timeout = broker.limits.connect_timeout;
     let mut buf = BytesMut::new();
     let (version, connect) =
@@ -58,7 +64,7 @@ pub async fn handshake<'a>(
             Err(_) => return Err(Refused::NoConnect("connect_timeout")),
             Ok(r) => r?,
         };
-    accept(broker, version, connect, buf).await
+    accept(broker, version, connect, buf, ip, cert).await
 }
 
 async fn read_connect(
@@ -115,6 +121,8 @@ async fn accept<'a>(
     version: ProtocolVersion,
     connect: Connect,
     leftover: BytesMut,
+    ip: std::net::IpAddr,
+    cert: Option<PeerCert>,
 ) -> Result<Accepted<'a>, Refused> {
     let limits = &broker.limits;
     let reject = |code| {
@@ -153,6 +161,39 @@ async fn accept<'a>(
         info!(client_id = %client_id, "refusing connection: connection limit reached");
         return reject(ConnectReturnCode::QuotaExceeded);
     };
+    // Authenticated before the session is claimed: a client that fails must not take over
+    // (and so disconnect) the session of the device it pretends to be.
+    let (username, password) = match &connect.login {
+        Some(l) => (
+            Some(l.username.as_str()).filter(|u| !u.is_empty()),
+            Some(l.password.as_bytes()).filter(|p| !p.is_empty()),
+        ),
+        None => (None, None),
+    };
+    let mut principal = match broker
+        .access
+        .authenticate(ip, client_id.clone(), username, password, cert)
+        .await
+    {
+        Ok(p) => p,
+        Err(e) => {
+            info!(client_id = %client_id, username, reason = ?e, "authentication failed");
+            return reject(match (e, version.is_v5()) {
+                (AuthError::BadCredentials, true) => ConnectReturnCode::BadUserNamePassword,
+                (AuthError::NotAuthorized, true) => ConnectReturnCode::NotAuthorized,
+                (AuthError::RateLimited, true) => ConnectReturnCode::ConnectionRateExceeded,
+                // Encoded as 3.1.1's 0x04 "bad user name or password".
+                (AuthError::BadCredentials, false) => ConnectReturnCode::BadUserNamePassword,
+                // Encoded as 3.1.1's 0x05 "not authorized".
+                (_, false) => ConnectReturnCode::NotAuthorized,
+            });
+        }
+    };
+    let grant = match broker.access.grant(&mut principal) {
+        Ok(g) => g,
+        // The registry changed between the two calls; the client may retry.
+        Err(_) => return reject(ConnectReturnCode::NotAuthorized),
+    };
     let requested_expiry = match (&props, version) {
         (Some(p), ProtocolVersion::V5) => p.session_expiry_interval.unwrap_or(0),
         (None, ProtocolVersion::V5) => 0,
@@ -175,7 +216,16 @@ async fn accept<'a>(
         }
     };
     claim.state.expiry_interval = expiry;
-    let will = connect.last_will.map(Will::from_connect);
+    let will = connect.last_will.map(Will::from_connect).filter(|w| {
+        let allowed = grant.may_publish(&w.topic, w.qos, w.retain);
+        if !allowed {
+            // Refusing the connection would punish the device for its will alone; the will
+            // is dropped (and counted) as a denied publish would be.
+            broker.metrics.access.denied_publish.inc();
+            info!(client_id = %client_id, topic = %w.topic, "will topic denied by the ACL; the will is dropped");
+        }
+        allowed
+    });
     if let Err(e) = broker
         .state
         .sessions
@@ -226,6 +276,7 @@ async fn accept<'a>(
             .and_then(|p| p.max_packet_size)
             .map_or(usize::MAX, |v| v as usize),
         client_topic_alias_maximum: p.and_then(|p| p.topic_alias_max).unwrap_or(0),
+        access: Box::new(super::ConnAccess { principal, grant }),
         claim,
         leftover,
         out,

@@ -135,12 +135,25 @@ impl Connection {
             self.nack_with(p.qos, p.pkid, 0x99);
             return Ok(());
         }
-        if p.qos == QoS::ExactlyOnce {
-            if self.claim.state.incoming_qos2.contains(&p.pkid) {
-                // A resend of a message already accepted: acknowledge, don't publish twice.
-                self.send(Packet::PubRec(PubRec::new(p.pkid)));
-                return Ok(());
+        if p.qos == QoS::ExactlyOnce && self.claim.state.incoming_qos2.contains(&p.pkid) {
+            // A resend of a message already accepted: acknowledge, don't publish twice.
+            self.send(Packet::PubRec(PubRec::new(p.pkid)));
+            return Ok(());
+        }
+        if !self.access.grant.is_allow_all()
+            && !self.access.grant.may_publish(&topic, p.qos, p.retain)
+        {
+            self.broker.metrics.access.denied_publish.inc();
+            debug!(topic = %topic, "publish denied by the ACL");
+            if self.access.grant.verdicts.deny_disconnect {
+                return Err(Exit::NotAuthorized);
             }
+            // MQTT 5 gets 0x87; 3.1.1 has no reason codes, so its client sees a plain
+            // acknowledgement (and does not resend forever) while the message is dropped.
+            self.nack_with(p.qos, p.pkid, 0x87);
+            return Ok(());
+        }
+        if p.qos == QoS::ExactlyOnce {
             // Publishes whose store is pending are in flight too (cluster mode).
             let pending = self.stores.as_ref().map_or(0, |s| s.len());
             if self.claim.state.incoming_qos2.len() + pending
@@ -351,6 +364,13 @@ impl Connection {
                 },
                 subscription_id,
             };
+            if !self.may_subscribe(&f.path, f.qos) {
+                self.broker.metrics.access.denied_subscribe.inc();
+                debug!(filter = %f.path, "subscription denied by the ACL");
+                // Written as 0x80 (failure) to 3.1.1 clients.
+                codes.push(SubscribeReasonCode::NotAuthorized);
+                continue;
+            }
             let state = &mut self.claim.state;
             let is_new = !state.subscriptions.contains_key(&f.path);
             if is_new && state.subscriptions.len() >= self.broker.limits.max_subscriptions {
@@ -409,7 +429,7 @@ impl Connection {
     /// Cluster mode: before SUBACK/UNSUBACK, the subscriptions are in force on NATS (so a
     /// message published right after SUBACK from another hub arrives) and a persistent
     /// session's record has them (so another hub resumes them if this one dies).
-    async fn subscriptions_changed(&mut self) -> Result<(), Exit> {
+    pub(super) async fn subscriptions_changed(&mut self) -> Result<(), Exit> {
         if !self.broker.is_cluster() {
             return Ok(());
         }

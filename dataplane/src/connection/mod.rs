@@ -2,6 +2,7 @@
 //! bytes, the session's mailbox and the keep-alive timer. Outgoing packets of one wake-up
 //! are batched into one buffer and written with one syscall.
 
+mod access;
 mod handshake;
 mod inbound;
 mod outbound;
@@ -50,6 +51,8 @@ pub enum Exit {
     Moved,
     /// Nothing arrived within 1.5 × keep-alive.
     KeepAliveTimeout,
+    /// The credential was disabled or deleted, or a denied publish closes the connection.
+    NotAuthorized,
     /// The client broke the protocol; the reason code says how.
     Violation {
         code: DisconnectReasonCode,
@@ -65,6 +68,7 @@ impl Exit {
             Self::TakenOver => "taken_over",
             Self::Shutdown | Self::Moved => "shutdown",
             Self::KeepAliveTimeout => "keep_alive_timeout",
+            Self::NotAuthorized => "not_authorized",
             Self::Violation { .. } => "protocol_violation",
         }
     }
@@ -76,6 +80,7 @@ impl Exit {
             Self::Shutdown => Some(DisconnectReasonCode::ServerShuttingDown),
             Self::Moved => Some(DisconnectReasonCode::UseAnotherServer),
             Self::KeepAliveTimeout => Some(DisconnectReasonCode::KeepAliveTimeout),
+            Self::NotAuthorized => Some(DisconnectReasonCode::NotAuthorized),
             Self::Violation { code, .. } => Some(*code),
             Self::ClientDisconnect { .. } | Self::Closed => None,
         }
@@ -110,7 +115,7 @@ pub async fn serve(
         // Boxed: the handshake's state (session claim, CONNACK) is larger than the steady
         // state of a connection, and a task is as large as its largest await point.
         let accepted = tokio::select! {
-            r = Box::pin(handshake(&broker, &mut transport)) => r,
+            r = Box::pin(handshake(&broker, &mut transport, peer.ip())) => r,
             _ = shutdown.cancelled() => return,
         };
         let accepted = match accepted {
@@ -121,13 +126,18 @@ pub async fn serve(
         span.record("client_id", &*accepted.client_id);
         span.record("protocol", accepted.version.as_str());
         broker.metrics.connack("success");
-        debug!(session_present = accepted.claim.present, "client connected");
+        debug!(
+            session_present = accepted.claim.present,
+            credential = accepted.access.principal.describe(),
+            "client connected"
+        );
         let _slot = accepted.slot;
         let mut conn = Connection {
             broker: broker.clone(),
             version: accepted.version,
             claim: accepted.claim,
             will: accepted.will,
+            access: accepted.access,
             keep_alive: accepted.keep_alive,
             connect_expiry_zero: accepted.connect_expiry_zero,
             client_receive_maximum: accepted.client_receive_maximum,
@@ -188,8 +198,18 @@ fn connack_label(code: mqttbytes::v5::ConnectReturnCode) -> &'static str {
         C::ServerBusy => "server_busy",
         C::TopicNameInvalid => "topic_name_invalid",
         C::BadAuthenticationMethod => "bad_authentication_method",
+        C::BadUserNamePassword => "bad_user_name_or_password",
+        C::NotAuthorized => "not_authorized",
+        C::ConnectionRateExceeded => "connection_rate_exceeded",
         _ => "other",
     }
+}
+
+/// Who a connection's client is, and the ACL it is held to.
+pub struct ConnAccess {
+    pub principal: crate::access::Principal,
+    /// As of `grant.verdicts.generation` of the registry.
+    pub grant: crate::access::Grant,
 }
 
 /// A connection with a session.
@@ -198,6 +218,8 @@ pub(crate) struct Connection {
     version: ProtocolVersion,
     claim: Claim,
     will: Option<Will>,
+    /// Who the client is, and its ACL (boxed: one pointer in every connection's task).
+    access: Box<ConnAccess>,
     keep_alive: u16,
     connect_expiry_zero: bool,
     client_receive_maximum: u16,
@@ -240,6 +262,10 @@ async fn next_store(stores: &mut Option<Box<PendingStores>>) -> Option<StoreDone
 
 impl Connection {
     async fn run(&mut self, transport: &mut Transport, shutdown: &CancellationToken) -> Exit {
+        // A resumed session's subscriptions are checked against the ACL of today.
+        if let Err(exit) = Box::pin(self.recheck_access(true)).await {
+            return exit;
+        }
         self.resend_inflight();
         self.broker.start_replay(&mut self.claim);
         // Cluster mode only: boxed so standalone connections carry no timer.
@@ -346,6 +372,12 @@ impl Connection {
                     }
                     keep_alive_timer.as_mut().reset(deadline);
                 }
+            }
+            // One atomic load: the registry changed (the change also woke this task).
+            if self.broker.access.generation() != self.access.grant.verdicts.generation
+                && let Err(exit) = Box::pin(self.recheck_access(false)).await
+            {
+                return exit;
             }
             self.drain_mailbox();
         }

@@ -1,5 +1,5 @@
-//! The byte stream under an MQTT connection: plain TCP or a WebSocket carrying MQTT in
-//! binary frames.
+//! The byte stream under an MQTT connection: plain TCP, TLS, or a WebSocket (plain or over
+//! TLS) carrying MQTT in binary frames.
 
 use std::io;
 
@@ -7,6 +7,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
@@ -18,6 +19,9 @@ const READ_CHUNK: usize = 16 * 1024;
 pub enum Transport {
     Tcp(TcpStream),
     WebSocket(Box<WebSocketStream<TcpStream>>),
+    /// Boxed: a TLS session's state is large, and plain connections should not pay for it.
+    Tls(Box<TlsStream<TcpStream>>),
+    WebSocketTls(Box<WebSocketStream<TlsStream<TcpStream>>>),
     /// An in-process pipe, for tests and fuzzing of the whole connection state machine.
     Memory(tokio::io::DuplexStream),
 }
@@ -28,7 +32,21 @@ impl Transport {
         match self {
             Self::Tcp(_) => "tcp",
             Self::WebSocket(_) => "websocket",
+            Self::Tls(_) => "tls",
+            Self::WebSocketTls(_) => "websocket_tls",
             Self::Memory(_) => "memory",
+        }
+    }
+
+    /// The identity in the client's certificate, on TLS transports where it presented one
+    /// (rustls verified it against the CA bundle during the handshake).
+    pub fn peer_cert(&self) -> Option<crate::access::PeerCert> {
+        match self {
+            Self::Tls(stream) => crate::tls::peer_cert(stream.get_ref().1.peer_certificates()),
+            Self::WebSocketTls(ws) => {
+                crate::tls::peer_cert(ws.get_ref().get_ref().1.peer_certificates())
+            }
+            Self::Tcp(_) | Self::WebSocket(_) | Self::Memory(_) => None,
         }
     }
 
@@ -61,29 +79,12 @@ impl Transport {
                 buf.reserve(chunk);
                 pipe.read_buf(buf).await
             }
-            Self::WebSocket(ws) => loop {
-                match ws.next().await {
-                    None | Some(Ok(WsMessage::Close(_))) => return Ok(0),
-                    Some(Ok(WsMessage::Binary(data))) => {
-                        if data.is_empty() {
-                            continue;
-                        }
-                        buf.extend_from_slice(&data);
-                        return Ok(data.len());
-                    }
-                    // Control frames are answered by tungstenite itself.
-                    Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => {
-                        continue;
-                    }
-                    Some(Ok(WsMessage::Text(_))) => {
-                        return Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            "MQTT over WebSocket must use binary frames",
-                        ));
-                    }
-                    Some(Err(e)) => return Err(io::Error::other(e)),
-                }
-            },
+            Self::Tls(stream) => {
+                buf.reserve(chunk);
+                stream.read_buf(buf).await
+            }
+            Self::WebSocket(ws) => read_ws(ws, buf).await,
+            Self::WebSocketTls(ws) => read_ws(ws, buf).await,
         }
     }
 
@@ -92,7 +93,16 @@ impl Transport {
         match self {
             Self::Tcp(stream) => stream.write_all(data).await,
             Self::Memory(pipe) => pipe.write_all(data).await,
+            Self::Tls(stream) => {
+                stream.write_all(data).await?;
+                // rustls buffers records until flushed.
+                stream.flush().await
+            }
             Self::WebSocket(ws) => ws
+                .send(WsMessage::Binary(Bytes::copy_from_slice(data)))
+                .await
+                .map_err(io::Error::other),
+            Self::WebSocketTls(ws) => ws
                 .send(WsMessage::Binary(Bytes::copy_from_slice(data)))
                 .await
                 .map_err(io::Error::other),
@@ -108,9 +118,43 @@ impl Transport {
             Self::Memory(pipe) => {
                 let _ = pipe.shutdown().await;
             }
+            Self::Tls(stream) => {
+                let _ = stream.shutdown().await;
+            }
             Self::WebSocket(ws) => {
                 let _ = SinkExt::close(&mut **ws).await;
             }
+            Self::WebSocketTls(ws) => {
+                let _ = SinkExt::close(&mut **ws).await;
+            }
+        }
+    }
+}
+
+/// Appends the payload of the next binary frame to `buf`; 0 when the peer closed.
+async fn read_ws<S>(ws: &mut WebSocketStream<S>, buf: &mut BytesMut) -> io::Result<usize>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        match ws.next().await {
+            None | Some(Ok(WsMessage::Close(_))) => return Ok(0),
+            Some(Ok(WsMessage::Binary(data))) => {
+                if data.is_empty() {
+                    continue;
+                }
+                buf.extend_from_slice(&data);
+                return Ok(data.len());
+            }
+            // Control frames are answered by tungstenite itself.
+            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => {}
+            Some(Ok(WsMessage::Text(_))) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "MQTT over WebSocket must use binary frames",
+                ));
+            }
+            Some(Err(e)) => return Err(io::Error::other(e)),
         }
     }
 }

@@ -1,5 +1,5 @@
-//! Accept loops: take a socket, spawn its connection task at once. TLS-free for now; the
-//! WebSocket upgrade runs inside the connection task, under the connect timeout.
+//! Accept loops: take a socket, spawn its connection task at once. The TLS handshake and
+//! the WebSocket upgrade run inside the connection task, under the connect timeout.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,12 +15,15 @@ use tracing::{debug, info, warn};
 
 use crate::broker::Broker;
 use crate::connection::{self, Transport};
+use crate::tls::TlsSource;
 
 /// Which protocol a listener speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ListenerKind {
     Mqtt,
     WebSocket,
+    Mqtts,
+    Wss,
 }
 
 /// Accepts sockets until `shutdown`, spawning one connection task each into `tasks`.
@@ -28,6 +31,7 @@ pub async fn run(
     listener: TcpListener,
     kind: ListenerKind,
     broker: Arc<Broker>,
+    tls: Option<Arc<TlsSource>>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
@@ -54,8 +58,8 @@ pub async fn run(
         let shutdown = shutdown.clone();
         // Two spawns rather than one `match` inside a task: a task is as large as its largest
         // branch, and the WebSocket handshake would make every TCP connection pay for it.
-        match kind {
-            ListenerKind::Mqtt => {
+        match (kind, &tls) {
+            (ListenerKind::Mqtt, _) => {
                 tasks.spawn(connection::serve(
                     broker,
                     Transport::Tcp(stream),
@@ -63,12 +67,87 @@ pub async fn run(
                     shutdown,
                 ));
             }
-            ListenerKind::WebSocket => {
+            (ListenerKind::WebSocket, _) => {
                 tasks.spawn(serve_websocket(broker, stream, peer, shutdown));
+            }
+            (ListenerKind::Mqtts | ListenerKind::Wss, Some(tls)) => {
+                let acceptor = tls.acceptor();
+                tasks.spawn(serve_tls(
+                    broker,
+                    acceptor,
+                    stream,
+                    peer,
+                    kind == ListenerKind::Wss,
+                    shutdown,
+                ));
+            }
+            (ListenerKind::Mqtts | ListenerKind::Wss, None) => {
+                warn!(
+                    ?kind,
+                    "TLS listener without a TLS configuration; closing the socket"
+                );
             }
         }
     }
     info!(?addr, "listener stopped");
+}
+
+/// TLS handshake (and WebSocket upgrade for `wss`) under the connect timeout, then MQTT.
+async fn serve_tls(
+    broker: Arc<Broker>,
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+    websocket: bool,
+    shutdown: CancellationToken,
+) {
+    let timeout = broker.limits.connect_timeout;
+    let started = tokio::time::Instant::now();
+    let tls = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "TLS handshake failed");
+            broker.metrics.access.tls_handshake_failures.inc();
+            broker.metrics.disconnect("tls_handshake_failed");
+            return;
+        }
+        Err(_) => {
+            broker.metrics.disconnect("no_connect");
+            return;
+        }
+    };
+    if !websocket {
+        let transport = Transport::Tls(Box::new(tls));
+        return connection::serve(broker, transport, peer, shutdown).await;
+    }
+    let left = timeout.saturating_sub(started.elapsed());
+    let upgrade = tokio_tungstenite::accept_hdr_async_with_config(
+        tls,
+        check_upgrade,
+        Some(ws_config(&broker)),
+    );
+    let ws = match tokio::time::timeout(left, upgrade).await {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "WebSocket upgrade failed");
+            broker.metrics.disconnect("websocket_upgrade_failed");
+            return;
+        }
+        Err(_) => {
+            broker.metrics.disconnect("no_connect");
+            return;
+        }
+    };
+    let transport = Transport::WebSocketTls(Box::new(ws));
+    connection::serve(broker, transport, peer, shutdown).await;
+}
+
+/// Bounds what tungstenite buffers to the MQTT packet limit (its defaults are 64 MiB).
+fn ws_config(broker: &Broker) -> WebSocketConfig {
+    let limit = broker.limits.max_packet_size.saturating_add(16);
+    WebSocketConfig::default()
+        .max_message_size(Some(limit))
+        .max_frame_size(Some(limit))
 }
 
 async fn serve_websocket(
@@ -78,13 +157,11 @@ async fn serve_websocket(
     shutdown: CancellationToken,
 ) {
     let timeout = broker.limits.connect_timeout;
-    // Bound what tungstenite buffers to the MQTT packet limit (its defaults are 64 MiB).
-    let limit = broker.limits.max_packet_size.saturating_add(16);
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(limit))
-        .max_frame_size(Some(limit));
-    let upgrade =
-        tokio_tungstenite::accept_hdr_async_with_config(stream, check_upgrade, Some(config));
+    let upgrade = tokio_tungstenite::accept_hdr_async_with_config(
+        stream,
+        check_upgrade,
+        Some(ws_config(&broker)),
+    );
     let ws = match tokio::time::timeout(timeout, upgrade).await {
         Ok(Ok(ws)) => ws,
         Ok(Err(e)) => {

@@ -15,6 +15,7 @@ mod bus;
 mod codec;
 mod names;
 mod presence;
+pub mod registry;
 mod retained;
 mod sessions;
 

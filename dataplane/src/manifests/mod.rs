@@ -1,11 +1,20 @@
-//! Resource YAML for standalone mode: the same files `kubectl apply` takes. This issue reads
-//! the `MqttCluster` listener and limits settings; other kinds are left for their issues.
+//! Resource YAML for standalone mode: the same files `kubectl apply` takes. `MqttCluster`
+//! (listeners, limits, auth defaults), `DeviceCredential`, `TopicAcl`, and the `Secret`s
+//! credentials refer to; other kinds are left for their issues.
+
+mod access;
+mod watch;
 
 use std::path::{Path, PathBuf};
 
-use cmq_crds::v1alpha1::MqttCluster;
+use cmq_crds::FieldError;
+use cmq_crds::v1alpha1::{DeviceCredential, MqttCluster, TopicAcl};
+use k8s_openapi::api::core::v1::Secret;
+
+pub use access::{access_inputs, secret_value};
 use serde::Deserialize;
 use tracing::{debug, warn};
+pub use watch::{load_inputs, watch};
 
 /// Why the manifests could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -26,12 +35,54 @@ pub enum ManifestError {
         kind: String,
         source: serde_yaml::Error,
     },
+    #[error("invalid {kind} in {path}: {field}: {source}")]
+    Schema {
+        path: PathBuf,
+        kind: String,
+        /// Where in the resource, e.g. `spec.rules[0].permission`.
+        field: String,
+        source: serde_yaml::Error,
+    },
+    #[error("invalid {kind} {name:?} in {path}: {source}")]
+    Field {
+        path: PathBuf,
+        kind: &'static str,
+        name: String,
+        source: FieldError,
+    },
 }
 
 /// What standalone mode found in the manifests folder.
 #[derive(Debug, Default)]
 pub struct Manifests {
     pub cluster: Option<MqttCluster>,
+    pub credentials: Vec<Located<DeviceCredential>>,
+    pub acls: Vec<Located<TopicAcl>>,
+    pub secrets: Vec<Located<Secret>>,
+}
+
+/// A resource and the file it came from (for error messages).
+#[derive(Debug)]
+pub struct Located<T> {
+    pub path: PathBuf,
+    pub resource: T,
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(
+    path: &Path,
+    kind: &str,
+    value: serde_yaml::Value,
+) -> Result<Located<T>, ManifestError> {
+    let resource = serde_path_to_error::deserialize(value).map_err(|e| ManifestError::Schema {
+        path: path.to_owned(),
+        kind: kind.to_owned(),
+        field: e.path().to_string(),
+        source: e.into_inner(),
+    })?;
+    Ok(Located {
+        path: path.to_owned(),
+        resource,
+    })
 }
 
 #[derive(Deserialize)]
@@ -40,18 +91,28 @@ struct TypeMeta {
     kind: String,
 }
 
-/// Loads every `*.yaml`/`*.yml` file in `dir` (multi-document files included), in name order.
-pub fn load(dir: &Path) -> Result<Manifests, ManifestError> {
+/// The `*.yaml`/`*.yml` files of `dir`, in name order; `path` itself when it is a file.
+pub fn yaml_files(path: &Path) -> Result<Vec<PathBuf>, ManifestError> {
+    if path.is_file() {
+        return Ok(vec![path.to_owned()]);
+    }
     let read_dir = |source| ManifestError::ReadDir {
-        path: dir.to_owned(),
+        path: path.to_owned(),
         source,
     };
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(path)
         .map_err(read_dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
         .collect();
     paths.sort();
+    Ok(paths)
+}
+
+/// Loads every `*.yaml`/`*.yml` file in `dir` (multi-document files included), in name
+/// order; `dir` may also be a single file.
+pub fn load(dir: &Path) -> Result<Manifests, ManifestError> {
+    let paths = yaml_files(dir)?;
     let mut manifests = Manifests::default();
     for path in paths {
         let text = std::fs::read_to_string(&path).map_err(|source| ManifestError::ReadFile {
@@ -76,18 +137,16 @@ pub fn load(dir: &Path) -> Result<Manifests, ManifestError> {
                 })?;
             match meta.kind.as_str() {
                 "MqttCluster" => {
-                    let cluster: MqttCluster =
-                        serde_yaml::from_value(value).map_err(|source| ManifestError::Invalid {
-                            path: path.clone(),
-                            kind: meta.kind.clone(),
-                            source,
-                        })?;
+                    let cluster: MqttCluster = parse(&path, &meta.kind, value)?.resource;
                     if manifests.cluster.is_some() {
                         warn!(path = %path.display(), "more than one MqttCluster; using the first");
                     } else {
                         manifests.cluster = Some(cluster);
                     }
                 }
+                "DeviceCredential" => manifests.credentials.push(parse(&path, &meta.kind, value)?),
+                "TopicAcl" => manifests.acls.push(parse(&path, &meta.kind, value)?),
+                "Secret" => manifests.secrets.push(parse(&path, &meta.kind, value)?),
                 other => {
                     debug!(path = %path.display(), kind = other, "resource kind not used by standalone mode yet")
                 }
@@ -108,7 +167,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(
             dir.join("a.yaml"),
-            "apiVersion: cmq.io/v1alpha1\nkind: MqttCluster\nmetadata: {name: x}\nspec:\n  hub:\n    limits: {maxConnections: 7}\n---\nkind: TopicAcl\n",
+            "apiVersion: cmq.io/v1alpha1\nkind: MqttCluster\nmetadata: {name: x}\nspec:\n  hub:\n    limits: {maxConnections: 7}\n---\nkind: ForwardRule\n",
         )
         .unwrap();
         let m = load(&dir).unwrap();
@@ -120,7 +179,10 @@ mod tests {
         .unwrap();
         let err = load(&dir).unwrap_err();
         match &err {
-            ManifestError::Invalid { path, .. } => assert!(path.ends_with("b.yml")),
+            ManifestError::Schema { path, field, .. } => {
+                assert!(path.ends_with("b.yml"));
+                assert_eq!(field, "spec.hub.limits.maxConnections");
+            }
             other => panic!("unexpected {other:?}"),
         }
         std::fs::remove_dir_all(&dir).unwrap();

@@ -1,0 +1,109 @@
+//! The registry's inputs from a manifests folder: credentials (their Secret references
+//! resolved from the Secrets in the same folder), ACLs and the cluster's auth settings.
+
+use cmq_crds::FieldError;
+use cmq_crds::kv::{StoredAcl, StoredCredential};
+use tracing::debug;
+
+use super::{Located, ManifestError, Manifests};
+use crate::access::{Credential, Inputs};
+
+fn namespace(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+    meta.namespace.clone().unwrap_or_else(|| "default".into())
+}
+
+fn name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+    meta.name.clone().unwrap_or_default()
+}
+
+/// Validates and compiles what the folder holds. Any invalid resource fails the whole load
+/// (so a reload keeps the last good state), naming its file and field.
+pub fn access_inputs(m: &Manifests) -> Result<Inputs, ManifestError> {
+    let cluster = m.cluster.as_ref().and_then(|c| c.metadata.name.clone());
+    // Without an MqttCluster in the folder, every resource belongs to this hub.
+    let ours = |cluster_ref: &str| cluster.as_deref().is_none_or(|c| c == cluster_ref);
+    let mut inputs = Inputs {
+        auth: m
+            .cluster
+            .as_ref()
+            .map(|c| c.spec.auth.clone())
+            .unwrap_or_default(),
+        ..Inputs::default()
+    };
+    for Located { path, resource } in &m.credentials {
+        let field_err = |source: FieldError| ManifestError::Field {
+            path: path.clone(),
+            kind: "DeviceCredential",
+            name: name(&resource.metadata),
+            source,
+        };
+        if resource.metadata.name.as_deref().is_none_or(str::is_empty) {
+            return Err(field_err(FieldError::new("metadata.name", "must be set")));
+        }
+        resource.spec.validate().map_err(field_err)?;
+        if !ours(&resource.spec.cluster_ref) {
+            debug!(path = %path.display(), "DeviceCredential of another cluster, ignored");
+            continue;
+        }
+        let ns = namespace(&resource.metadata);
+        let plain = match resource
+            .spec
+            .password
+            .as_ref()
+            .and_then(|p| p.secret_ref.as_ref())
+        {
+            Some(r) => Some(secret_value(m, &ns, &r.name, &r.key).map_err(field_err)?),
+            None => None,
+        };
+        let stored = StoredCredential {
+            namespace: ns,
+            name: name(&resource.metadata),
+            labels: resource.metadata.labels.clone().unwrap_or_default(),
+            spec: resource.spec.clone(),
+        };
+        inputs.credentials.push(Credential::new(stored, plain));
+    }
+    for Located { path, resource } in &m.acls {
+        let field_err = |source: FieldError| ManifestError::Field {
+            path: path.clone(),
+            kind: "TopicAcl",
+            name: name(&resource.metadata),
+            source,
+        };
+        if resource.metadata.name.as_deref().is_none_or(str::is_empty) {
+            return Err(field_err(FieldError::new("metadata.name", "must be set")));
+        }
+        resource.spec.validate().map_err(field_err)?;
+        if !ours(&resource.spec.cluster_ref) {
+            debug!(path = %path.display(), "TopicAcl of another cluster, ignored");
+            continue;
+        }
+        inputs.acls.push(StoredAcl {
+            namespace: namespace(&resource.metadata),
+            name: name(&resource.metadata),
+            spec: resource.spec.clone(),
+        });
+    }
+    Ok(inputs)
+}
+
+/// The value of `key` in the Secret `ns/name` of the folder (`stringData` or `data`).
+pub fn secret_value(m: &Manifests, ns: &str, name: &str, key: &str) -> Result<Vec<u8>, FieldError> {
+    let field = "spec.password.secretRef";
+    let secret = m
+        .secrets
+        .iter()
+        .map(|l| &l.resource)
+        .find(|s| namespace(&s.metadata) == ns && s.metadata.name.as_deref() == Some(name))
+        .ok_or_else(|| FieldError::new(field, format!("Secret {ns}/{name} not found")))?;
+    if let Some(v) = secret.string_data.as_ref().and_then(|d| d.get(key)) {
+        return Ok(v.as_bytes().to_vec());
+    }
+    if let Some(v) = secret.data.as_ref().and_then(|d| d.get(key)) {
+        return Ok(v.0.clone());
+    }
+    Err(FieldError::new(
+        field,
+        format!("Secret {ns}/{name} has no key {key:?}"),
+    ))
+}

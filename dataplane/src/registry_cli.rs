@@ -1,0 +1,175 @@
+//! `cmq registry`: writes DeviceCredentials and TopicAcls into a cluster's NATS KV buckets in
+//! the shared encoding, as the operator does: a way to run a cluster without Kubernetes,
+//! and the tests' stand-in for the operator. Secret references are resolved from the
+//! Secrets in the same input and hashed with argon2id; plaintext never reaches NATS.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use cmq_crds::kv;
+
+use crate::manifests::{self, ManifestError};
+use crate::state::nats::registry::open_buckets;
+
+/// Flags of `cmq registry`.
+#[derive(Args, Debug)]
+pub struct RegistryArgs {
+    #[command(subcommand)]
+    command: RegistryCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum RegistryCommand {
+    /// Validates and writes every DeviceCredential and TopicAcl of a file or folder.
+    Apply {
+        #[command(flatten)]
+        target: Target,
+        /// A YAML file or a folder of them.
+        #[arg(short = 'f', long)]
+        file: PathBuf,
+    },
+    /// Removes one resource.
+    Delete {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, value_enum)]
+        kind: Kind,
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "default")]
+        namespace: String,
+    },
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy)]
+enum Kind {
+    #[value(name = "DeviceCredential")]
+    DeviceCredential,
+    #[value(name = "TopicAcl")]
+    TopicAcl,
+}
+
+#[derive(Args, Debug)]
+struct Target {
+    /// NATS server URL(s), comma-separated.
+    #[arg(long, env = "CMQ_NATS_URL")]
+    nats: String,
+    /// Cluster name (as given to `cmq hub --cluster`).
+    #[arg(long, env = "CMQ_CLUSTER")]
+    cluster: String,
+    /// Replicas of the buckets, when this command creates them.
+    #[arg(long, env = "CMQ_STREAM_REPLICAS", default_value_t = 1)]
+    stream_replicas: usize,
+}
+
+impl Target {
+    async fn buckets(
+        &self,
+    ) -> anyhow::Result<(
+        async_nats::jetstream::kv::Store,
+        async_nats::jetstream::kv::Store,
+    )> {
+        let servers: Vec<async_nats::ServerAddr> = self
+            .nats
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .context("invalid NATS URL")?;
+        let client = async_nats::connect(servers)
+            .await
+            .context("cannot connect to NATS")?;
+        let js = async_nats::jetstream::new(client);
+        Ok(open_buckets(&js, &self.cluster, self.stream_replicas.max(1)).await?)
+    }
+}
+
+/// Runs `cmq registry ...`.
+pub async fn run(args: RegistryArgs) -> anyhow::Result<()> {
+    match args.command {
+        RegistryCommand::Apply { target, file } => apply(&target, &file).await,
+        RegistryCommand::Delete {
+            target,
+            kind,
+            name,
+            namespace,
+        } => {
+            let (credentials, acls) = target.buckets().await?;
+            let store = match kind {
+                Kind::DeviceCredential => credentials,
+                Kind::TopicAcl => acls,
+            };
+            store
+                .delete(kv::entry_key(&namespace, &name))
+                .await
+                .context("cannot delete the entry")?;
+            println!("deleted {kind:?} {namespace}/{name}");
+            Ok(())
+        }
+    }
+}
+
+async fn apply(target: &Target, file: &std::path::Path) -> anyhow::Result<()> {
+    let m = manifests::load(file)?;
+    // Everything is validated (and hashed) before anything is written.
+    manifests::access_inputs(&m)?;
+    let mut entries = Vec::new();
+    for l in &m.credentials {
+        let c = &l.resource;
+        let ns = c
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let name = c.metadata.name.clone().unwrap_or_default();
+        let hash = match c.spec.password.as_ref().and_then(|p| p.secret_ref.as_ref()) {
+            Some(r) => {
+                let plain =
+                    manifests::secret_value(&m, &ns, &r.name, &r.key).map_err(|source| {
+                        ManifestError::Field {
+                            path: l.path.clone(),
+                            kind: "DeviceCredential",
+                            name: name.clone(),
+                            source,
+                        }
+                    })?;
+                Some(kv::hash_password(&plain)?)
+            }
+            None => None,
+        };
+        let bytes = kv::encode_credential(c, hash.as_deref())?;
+        entries.push((false, kv::entry_key(&ns, &name), bytes));
+    }
+    for l in &m.acls {
+        let a = &l.resource;
+        let ns = a
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let name = a.metadata.name.clone().unwrap_or_default();
+        entries.push((true, kv::entry_key(&ns, &name), kv::encode_acl(a)?));
+    }
+    if entries.is_empty() {
+        bail!("{} holds no DeviceCredential or TopicAcl", file.display());
+    }
+    let (credentials, acls) = target.buckets().await?;
+    for (is_acl, key, bytes) in entries {
+        let store = if is_acl { &acls } else { &credentials };
+        store
+            .put(&key, bytes.into())
+            .await
+            .with_context(|| format!("cannot write {key}"))?;
+        println!(
+            "applied {} {key}",
+            if is_acl {
+                "TopicAcl"
+            } else {
+                "DeviceCredential"
+            }
+        );
+    }
+    Ok(())
+}
