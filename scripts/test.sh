@@ -2,7 +2,8 @@
 # The whole test suite: formatting, lints, Rust unit/property/component tests, the
 # protocol tests that drive a running `cmq standalone` with clients written by others
 # (Python paho-mqtt, mosquitto_pub/mosquitto_sub), the same protocol tests against
-# `cmq hub` on NATS JetStream state, and the cluster tests (several `cmq hub` processes on
+# `cmq hub` on NATS JetStream state, the access tests (credentials, ACLs, TLS) in both
+# modes, and the cluster tests (several `cmq hub` processes on
 # one nats-server). Installs the clients and nats-server (into ~/.cache/cmq) when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,12 +43,18 @@ cargo build -p cmq --bin cmq
 export CMQ_BIN="$PWD/target/debug/cmq"
 run_suite "protocol (memory state)" dataplane/tests/protocol --broker=cmq
 
+step "access tests (credentials, ACLs, TLS) against cmq standalone with a manifests folder"
+run_suite "access (standalone)" dataplane/tests/access --mode=standalone
+
 step "installing nats-server when missing"
 NATS_SERVER_BIN="$(scripts/install-nats.sh | tail -n 1)"
 export NATS_SERVER_BIN
 
 step "protocol tests against cmq hub on NATS JetStream state"
 run_suite "protocol (nats state)" dataplane/tests/protocol --broker=cmq --state=nats
+
+step "access tests against cmq hub with the registry in NATS KV"
+run_suite "access (cluster)" dataplane/tests/access --mode=cluster
 
 step "cluster tests: several cmq hub processes on one nats-server and on a 3-node NATS cluster"
 run_suite "cluster" dataplane/tests/cluster --run-nats-cluster

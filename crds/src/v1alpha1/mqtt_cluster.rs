@@ -28,9 +28,10 @@ pub struct MqttClusterSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AuthSpec {
-    /// Whether clients that present no credential (no username, password or client
-    /// certificate matching a DeviceCredential) may connect. Default: true when the
-    /// cluster has no DeviceCredential, false otherwise.
+    /// Whether clients that present no credential may connect: no username and no
+    /// password (a client certificate that matches no DeviceCredential counts as none). An
+    /// unknown username is refused (CONNACK 0x86 / 0x04) once any DeviceCredential exists.
+    /// Default: true when the cluster has no DeviceCredential, false otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_anonymous: Option<bool>,
     /// The verdict when no TopicAcl rule matches a publish or subscribe (default: allow).

@@ -87,11 +87,11 @@ impl AclSet {
         let mut rules = Vec::new();
         for acl in self.acls.iter().filter(|a| a.applies(who)) {
             for rule in &acl.rules {
-                let filters: Vec<Box<str>> = rule
+                let filters: Vec<Filter> = rule
                     .topics
                     .iter()
                     .filter_map(|t| t.render_with(|v| who.value(v)))
-                    .map(String::into_boxed_str)
+                    .map(Filter::new)
                     .collect();
                 if filters.is_empty() {
                     // Every template lacked a value: the rule cannot match this connection.
@@ -205,10 +205,45 @@ pub struct Verdicts {
 struct ResolvedRule {
     publish: bool,
     subscribe: bool,
-    filters: Box<[Box<str>]>,
+    filters: Box<[Filter]>,
     qos_mask: u8,
     retain: Option<bool>,
     allow: bool,
+}
+
+/// A resolved filter and the length of its literal start: a topic (or a subscription a
+/// rule covers) must begin with it, and one comparison of bytes rules most filters out
+/// before the level-by-level match runs.
+#[derive(Debug)]
+struct Filter {
+    text: Box<str>,
+    prefix: usize,
+}
+
+impl Filter {
+    fn new(text: String) -> Self {
+        let mut prefix = text.find(['+', '#']).unwrap_or(text.len());
+        // `a/#` also matches `a`: the separator before `#` is not required.
+        if text[prefix..].starts_with('#') && text[..prefix].ends_with('/') {
+            prefix -= 1;
+        }
+        Self {
+            text: text.into_boxed_str(),
+            prefix,
+        }
+    }
+
+    fn literal_start(&self) -> &[u8] {
+        &self.text.as_bytes()[..self.prefix]
+    }
+
+    fn matches(&self, topic: &str) -> bool {
+        topic.as_bytes().starts_with(self.literal_start()) && cmq_topic::matches(&self.text, topic)
+    }
+
+    fn covers(&self, filter: &str) -> bool {
+        filter.as_bytes().starts_with(self.literal_start()) && cmq_topic::covers(&self.text, filter)
+    }
 }
 
 fn qos_bit(qos: QoS) -> u8 {
@@ -237,7 +272,7 @@ impl ConnAcl {
             {
                 continue;
             }
-            if rule.filters.iter().any(|f| cmq_topic::matches(f, topic)) {
+            if rule.filters.iter().any(|f| f.matches(topic)) {
                 return rule.allow;
             }
         }
@@ -257,16 +292,44 @@ impl ConnAcl {
             // An allow rule must cover the whole subscription; a deny rule refuses any
             // subscription that could receive a topic it denies.
             let hit = if rule.allow {
-                rule.filters.iter().any(|f| cmq_topic::covers(f, filter))
+                rule.filters.iter().any(|f| f.covers(filter))
             } else {
                 rule.filters
                     .iter()
-                    .any(|f| cmq_topic::intersects(f, filter))
+                    .any(|f| cmq_topic::intersects(&f.text, filter))
             };
             if hit {
                 return rule.allow;
             }
         }
         self.verdicts.default_allow
+    }
+}
+
+#[cfg(test)]
+mod filter_tests {
+    use proptest::prelude::*;
+
+    use super::Filter;
+
+    fn levels(choices: &'static [&'static str], max: usize) -> impl Strategy<Value = String> {
+        proptest::collection::vec(proptest::sample::select(choices), 1..max)
+            .prop_map(|l| l.join("/"))
+    }
+
+    proptest! {
+        /// The literal-start shortcut never changes a verdict.
+        #[test]
+        fn shortcut_agrees_with_the_reference(
+            filter in levels(&["a", "b", "ab", "", "+", "$s"], 5),
+            tail in proptest::bool::ANY,
+            topic in levels(&["a", "b", "ab", "", "$s"], 6),
+            sub in levels(&["a", "b", "", "+", "$s"], 5),
+        ) {
+            let filter = if tail { format!("{filter}/#") } else { filter };
+            let f = Filter::new(filter.clone());
+            prop_assert_eq!(f.matches(&topic), cmq_topic::matches(&filter, &topic));
+            prop_assert_eq!(f.covers(&sub), cmq_topic::covers(&filter, &sub));
+        }
     }
 }

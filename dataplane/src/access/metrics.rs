@@ -18,6 +18,7 @@ pub struct AccessMetrics {
     pub denied_publish: Counter,
     pub denied_subscribe: Counter,
     pub revoked_subscriptions: Counter,
+    pub revoked_deliveries: Counter,
     pub revoked_connections: Counter,
     tls_reloads: Family<Labels, Counter>,
     pub tls_handshake_failures: Counter,
@@ -52,6 +53,11 @@ impl AccessMetrics {
             "acl_revoked_subscriptions",
             "Subscriptions removed because an ACL change no longer allows them",
             m.revoked_subscriptions.clone(),
+        );
+        registry.register(
+            "acl_revoked_deliveries",
+            "Queued messages dropped because the subscription they came by was revoked",
+            m.revoked_deliveries.clone(),
         );
         registry.register(
             "revoked_connections",

@@ -73,7 +73,7 @@ pub struct Principal {
     pub client_id: Arc<str>,
     /// The username as presented (verified only when `credential` is set).
     presented_username: Option<String>,
-    pub cert: Option<PeerCert>,
+    pub cert: Option<Box<PeerCert>>,
     /// `None`: an anonymous connection.
     pub credential: Option<Arc<Credential>>,
 }
@@ -83,7 +83,7 @@ impl Principal {
         Presented {
             client_id: &self.client_id,
             username: self.presented_username.as_deref(),
-            cert: self.cert.as_ref(),
+            cert: self.cert.as_deref(),
         }
     }
 
@@ -94,7 +94,7 @@ impl Principal {
                 .credential
                 .as_ref()
                 .and(self.presented_username.as_deref()),
-            cert_cn: self.cert.as_ref().and_then(|c| c.common_name.as_deref()),
+            cert_cn: self.cert.as_deref().and_then(|c| c.common_name.as_deref()),
             credential: self.credential.as_deref(),
         }
     }
@@ -212,7 +212,7 @@ impl Access {
         let mut principal = Principal {
             client_id,
             presented_username: username.map(str::to_owned),
-            cert,
+            cert: cert.map(Box::new),
             credential: None,
         };
         let candidates = snapshot.credentials.matching(&principal.presented());
@@ -251,11 +251,18 @@ impl Access {
             self.limiter.failed(ip, &principal.client_id);
             return Err(AuthError::BadCredentials);
         }
+        let presented_secret = username.is_some() || password.is_some();
+        // As Mosquitto with a password file: once devices are registered, an unknown
+        // username is refused even where anonymous clients (who present none) are allowed.
+        if presented_secret && !snapshot.credentials.is_empty() {
+            self.limiter.failed(ip, &principal.client_id);
+            return Err(AuthError::BadCredentials);
+        }
         if snapshot.allow_anonymous {
             // An unverified username must not count as one in ACLs (see `identity`).
             return Ok(principal);
         }
-        if username.is_some() || password.is_some() {
+        if presented_secret {
             self.limiter.failed(ip, &principal.client_id);
             return Err(AuthError::BadCredentials);
         }
@@ -324,3 +331,6 @@ fn compile(flags: &AuthFlags, inputs: Inputs, generation: u64) -> Snapshot {
         no_rules: Arc::new(ConnAcl::empty(verdicts)),
     }
 }
+
+#[cfg(test)]
+mod acl_tests;

@@ -319,6 +319,14 @@ impl Session {
     pub fn clear_queue(&self) {
         self.mailbox.lock().clear();
     }
+
+    /// Keeps the queued deliveries `keep` accepts; returns how many were dropped.
+    pub fn retain_queued(&self, mut keep: impl FnMut(&Delivery) -> bool) -> usize {
+        let mut mailbox = self.mailbox.lock();
+        let before = mailbox.len();
+        mailbox.retain(|d| keep(d));
+        before - mailbox.len()
+    }
 }
 
 #[cfg(test)]

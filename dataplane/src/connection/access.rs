@@ -66,6 +66,34 @@ impl Connection {
             self.broker.metrics.access.revoked_subscriptions.inc();
         }
         info!(filters = ?revoked, "subscriptions removed: the ACL no longer allows them");
+        // Cluster mode: a resumed session's catch-up from the streams skips them as well.
+        if let Some(plan) = self.claim.replay.as_mut() {
+            plan.subscriptions.retain(|(f, _)| !revoked.contains(f));
+        }
+        // Messages queued under a revoked subscription (while the session was offline, or
+        // since the last wake-up) go too, unless another subscription still wants them.
+        let remaining: Vec<&str> = self
+            .claim
+            .state
+            .subscriptions
+            .keys()
+            .map(|f| match cmq_topic::parse_shared(f) {
+                Ok(Some(shared)) => shared.filter,
+                _ => f.as_str(),
+            })
+            .collect();
+        let dropped = self.claim.session.retain_queued(|d| {
+            remaining
+                .iter()
+                .any(|f| cmq_topic::matches(f, &d.message.topic))
+        });
+        if dropped > 0 {
+            self.broker
+                .metrics
+                .access
+                .revoked_deliveries
+                .inc_by(dropped as u64);
+        }
         self.subscriptions_changed().await
     }
 }

@@ -111,6 +111,8 @@ impl NatsState {
                 auth: auth.clone(),
             }
         };
+        // The watchers' notifications so far are in this first state already.
+        let _ = futures_util::FutureExt::now_or_never(changed.notified());
         apply(inputs());
         info!("registry loaded from NATS KV");
         tokio::spawn(async move {
