@@ -7,7 +7,8 @@ Starts `cmq standalone` with one DeviceCredential whose password is an argon2id 
 the default parameters of the `argon2` crate (m=19456 KiB, t=2, p=1, what the operator and
 `cmq registry apply` write), then opens CONNECT → CONNACK → close connections one after
 another (MQTT 3.1.1, raw sockets) with the right password. The first CONNECT runs argon2;
-the others are answered from the cache. Prints the first CONNECT's latency, the median and
+the others are answered from the cache (`--anonymous`: the same loop without any credential,
+the baseline). Prints the first CONNECT's latency, the median and
 p99 of the rest, the hub's own CPU time per CONNECT (from /proc), and cache hits from
 /metrics.
 """
@@ -52,6 +53,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--connects", type=int, default=2000)
     ap.add_argument("--cmq", default=str(REPO / "target/release/cmq"))
+    ap.add_argument("--anonymous", action="store_true",
+                    help="baseline: no credential, CONNECT without username and password")
     args = ap.parse_args()
     hash_ = subprocess.run(
         [sys.executable, "-c", "import argon2,sys; print(argon2.PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1).hash('storm-pw'))"],
@@ -61,7 +64,8 @@ def main() -> None:
         "apiVersion: cmq.io/v1alpha1\nkind: DeviceCredential\nmetadata: {name: storm}\n"
         f"spec: {{clusterRef: demo, username: storm, password: {{hash: '{hash_}'}}}}\n")
     port, admin = 27883, 27890
-    hub = subprocess.Popen([args.cmq, "standalone", "--manifests", str(d), "--mqtt-listen", f"127.0.0.1:{port}",
+    manifests = [] if args.anonymous else ["--manifests", str(d)]
+    hub = subprocess.Popen([args.cmq, "standalone", *manifests, "--mqtt-listen", f"127.0.0.1:{port}",
                             "--ws-listen", "off", "--admin-listen", f"127.0.0.1:{admin}", "--auth-failure-limit", "0"],
                            stderr=subprocess.DEVNULL)
     try:
@@ -72,6 +76,8 @@ def main() -> None:
             except OSError:
                 time.sleep(0.1)
         pkt = connect_packet("storm-1", "storm", "storm-pw")
+        if args.anonymous:
+            pkt = b"\x10\x13\x00\x04MQTT\x04\x02\x00\x1e\x00\x07storm-1"
         lat = []
         cpu0 = cpu_seconds(hub.pid)
         t0 = time.perf_counter()
@@ -89,7 +95,7 @@ def main() -> None:
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics").read().decode()
         hits = next((l.split()[-1] for l in metrics.splitlines() if l.startswith("cmq_hub_auth_cache_hits_total")), "?")
         rest = sorted(lat[1:])
-        print(f"first CONNECT (argon2 run): {lat[0] * 1000:.1f} ms")
+        print(f"first CONNECT{'' if args.anonymous else ' (argon2 run)'}: {lat[0] * 1000:.1f} ms")
         print(f"next {len(rest)} CONNECTs (cache): median {statistics.median(rest) * 1e6:.0f} µs, "
               f"p99 {rest[int(len(rest) * 0.99)] * 1e6:.0f} µs, {args.connects / wall:.0f} CONNECT/s one at a time")
         print(f"hub CPU per CONNECT: {cpu / args.connects * 1e6:.0f} µs; cache hits: {hits}")

@@ -121,25 +121,39 @@ async fn serve_tls(
         return connection::serve(broker, transport, peer, shutdown).await;
     }
     let left = timeout.saturating_sub(started.elapsed());
+    if let Some(ws) = upgrade(&broker, tls, peer, left).await {
+        let transport = Transport::WebSocketTls(Box::new(ws));
+        connection::serve(broker, transport, peer, shutdown).await;
+    }
+}
+
+/// The WebSocket upgrade (on `/mqtt`) within `timeout`; `None` when it failed (counted).
+async fn upgrade<S>(
+    broker: &Broker,
+    stream: S,
+    peer: SocketAddr,
+    timeout: Duration,
+) -> Option<tokio_tungstenite::WebSocketStream<S>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let upgrade = tokio_tungstenite::accept_hdr_async_with_config(
-        tls,
+        stream,
         check_upgrade,
-        Some(ws_config(&broker)),
+        Some(ws_config(broker)),
     );
-    let ws = match tokio::time::timeout(left, upgrade).await {
-        Ok(Ok(ws)) => ws,
+    match tokio::time::timeout(timeout, upgrade).await {
+        Ok(Ok(ws)) => Some(ws),
         Ok(Err(e)) => {
             debug!(%peer, error = %e, "WebSocket upgrade failed");
             broker.metrics.disconnect("websocket_upgrade_failed");
-            return;
+            None
         }
         Err(_) => {
             broker.metrics.disconnect("no_connect");
-            return;
+            None
         }
-    };
-    let transport = Transport::WebSocketTls(Box::new(ws));
-    connection::serve(broker, transport, peer, shutdown).await;
+    }
 }
 
 /// Bounds what tungstenite buffers to the MQTT packet limit (its defaults are 64 MiB).
@@ -157,24 +171,9 @@ async fn serve_websocket(
     shutdown: CancellationToken,
 ) {
     let timeout = broker.limits.connect_timeout;
-    let upgrade = tokio_tungstenite::accept_hdr_async_with_config(
-        stream,
-        check_upgrade,
-        Some(ws_config(&broker)),
-    );
-    let ws = match tokio::time::timeout(timeout, upgrade).await {
-        Ok(Ok(ws)) => ws,
-        Ok(Err(e)) => {
-            debug!(%peer, error = %e, "WebSocket upgrade failed");
-            broker.metrics.disconnect("websocket_upgrade_failed");
-            return;
-        }
-        Err(_) => {
-            broker.metrics.disconnect("no_connect");
-            return;
-        }
-    };
-    connection::serve(broker, Transport::WebSocket(Box::new(ws)), peer, shutdown).await;
+    if let Some(ws) = upgrade(&broker, stream, peer, timeout).await {
+        connection::serve(broker, Transport::WebSocket(Box::new(ws)), peer, shutdown).await;
+    }
 }
 
 /// Accepts upgrades on `/mqtt` and selects the `mqtt` subprotocol when offered.

@@ -8,12 +8,37 @@ use tracing::debug;
 use super::{Located, ManifestError, Manifests};
 use crate::access::{Credential, Inputs};
 
-fn namespace(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+/// The resource's namespace (`default` when omitted, as `kubectl apply` would).
+pub fn namespace(meta: &ObjectMeta) -> String {
     meta.namespace.clone().unwrap_or_else(|| "default".into())
 }
 
-fn name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+/// The resource's name (empty when omitted; `check_named` refuses that).
+pub fn name(meta: &ObjectMeta) -> String {
     meta.name.clone().unwrap_or_default()
+}
+
+fn check_named(meta: &ObjectMeta) -> Result<(), FieldError> {
+    match meta.name.as_deref() {
+        Some(n) if !n.is_empty() => Ok(()),
+        _ => Err(FieldError::new("metadata.name", "must be set")),
+    }
+}
+
+fn field_error(
+    path: &std::path::Path,
+    kind: &'static str,
+    meta: &ObjectMeta,
+    source: FieldError,
+) -> ManifestError {
+    ManifestError::Field {
+        path: path.to_owned(),
+        kind,
+        name: name(meta),
+        source,
+    }
 }
 
 /// Validates and compiles what the folder holds. Any invalid resource fails the whole load
@@ -31,15 +56,8 @@ pub fn access_inputs(m: &Manifests) -> Result<Inputs, ManifestError> {
         ..Inputs::default()
     };
     for Located { path, resource } in &m.credentials {
-        let field_err = |source: FieldError| ManifestError::Field {
-            path: path.clone(),
-            kind: "DeviceCredential",
-            name: name(&resource.metadata),
-            source,
-        };
-        if resource.metadata.name.as_deref().is_none_or(str::is_empty) {
-            return Err(field_err(FieldError::new("metadata.name", "must be set")));
-        }
+        let field_err = |source| field_error(path, "DeviceCredential", &resource.metadata, source);
+        check_named(&resource.metadata).map_err(field_err)?;
         resource.spec.validate().map_err(field_err)?;
         if !ours(&resource.spec.cluster_ref) {
             debug!(path = %path.display(), "DeviceCredential of another cluster, ignored");
@@ -64,15 +82,8 @@ pub fn access_inputs(m: &Manifests) -> Result<Inputs, ManifestError> {
         inputs.credentials.push(Credential::new(stored, plain));
     }
     for Located { path, resource } in &m.acls {
-        let field_err = |source: FieldError| ManifestError::Field {
-            path: path.clone(),
-            kind: "TopicAcl",
-            name: name(&resource.metadata),
-            source,
-        };
-        if resource.metadata.name.as_deref().is_none_or(str::is_empty) {
-            return Err(field_err(FieldError::new("metadata.name", "must be set")));
-        }
+        let field_err = |source| field_error(path, "TopicAcl", &resource.metadata, source);
+        check_named(&resource.metadata).map_err(field_err)?;
         resource.spec.validate().map_err(field_err)?;
         if !ours(&resource.spec.cluster_ref) {
             debug!(path = %path.display(), "TopicAcl of another cluster, ignored");

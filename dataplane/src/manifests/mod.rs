@@ -11,7 +11,7 @@ use cmq_crds::FieldError;
 use cmq_crds::v1alpha1::{DeviceCredential, MqttCluster, TopicAcl};
 use k8s_openapi::api::core::v1::Secret;
 
-pub use access::{access_inputs, secret_value};
+pub use access::{access_inputs, name, namespace, secret_value};
 use serde::Deserialize;
 use tracing::{debug, warn};
 pub use watch::{load_inputs, watch};
