@@ -19,6 +19,9 @@ cargo fmt --all -- --check
 step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
+step "CRD drift check (crds/*.yaml equal what the types generate)"
+cargo run -q -p cmq-crds --bin crdgen -- --check
+
 step "cargo test"
 cargo test --workspace
 

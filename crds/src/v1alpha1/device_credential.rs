@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use kube::CustomResource;
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -14,11 +14,13 @@ use crate::FieldError;
 /// A credential matches a CONNECT when every identity field it sets matches (client id,
 /// username, certificate); it then authenticates the connection when its password (if any)
 /// verifies. A credential must set a password, an x509 identity, or both.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new("has(self.password) || has(self.x509)").message("a credential needs a password, an x509 identity, or both"))]
 #[kube(
     group = "cmq.io",
     version = "v1alpha1",
     kind = "DeviceCredential",
+    doc = "A device (or family of devices) of an MqttCluster: the identity it connects with and how it proves it.",
     namespaced,
     shortname = "dcred",
     status = "DeviceCredentialStatus",
@@ -59,7 +61,8 @@ pub struct DeviceCredentialSpec {
 }
 
 /// Which client ids a credential admits: exactly one, or those matching a pattern.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new("has(self.exact) != has(self.pattern)").message("set exactly one of exact and pattern"))]
 #[serde(rename_all = "camelCase")]
 pub struct ClientIdMatch {
     /// This client id only.
@@ -74,7 +77,8 @@ pub struct ClientIdMatch {
 }
 
 /// Where a credential's password comes from.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new("has(self.secretRef) != has(self.hash)").message("set exactly one of secretRef and hash"))]
 #[serde(rename_all = "camelCase")]
 pub struct PasswordSource {
     /// A key of a Secret in the credential's namespace holding the plaintext password.
@@ -83,6 +87,7 @@ pub struct PasswordSource {
     /// A password hash in PHC / modular crypt form: argon2id (`$argon2id$v=19$...`) or
     /// bcrypt (`$2b$...`, `$2a$...`, `$2y$...`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.startsWith('$argon2id$') || self.matches('^[$]2[aby][$]')").message("expected an argon2id ($argon2id$...) or bcrypt ($2b$...) hash; plaintext passwords are not accepted"))]
     pub hash: Option<String>,
 }
 
@@ -103,7 +108,8 @@ fn default_password_key() -> String {
 }
 
 /// Identity of a client certificate (the leaf the device presents).
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new("has(self.commonName) || has(self.subjectAltName) || has(self.sha256Fingerprint)").message("set commonName, subjectAltName or sha256Fingerprint"))]
 #[serde(rename_all = "camelCase")]
 pub struct X509Identity {
     /// The subject's common name (CN).
@@ -115,6 +121,7 @@ pub struct X509Identity {
     pub subject_alt_name: Option<String>,
     /// SHA-256 fingerprint of the certificate's DER bytes, hex (colons and case ignored).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9a-fA-F]{2}:?){31}[0-9a-fA-F]{2}$"))]
     pub sha256_fingerprint: Option<String>,
 }
 

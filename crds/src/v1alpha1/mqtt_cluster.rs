@@ -1,24 +1,45 @@
-//! `MqttCluster`: one CMQ deployment. For now only the part standalone mode reads: the
-//! hub's listeners and limits (the operator issue adds workloads, NATS and autoscaling).
+//! `MqttCluster`: one CMQ deployment: its NATS, hubs (listeners, limits, replicas,
+//! autoscaling, Service), dispatchers, and auth defaults. Standalone mode reads the hub's
+//! listeners, limits and auth; the operator reads all of it.
 
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// Desired state of a CMQ cluster: its hubs' listeners and the limits every hub enforces.
+use super::{AutoscalingSpec, DispatchSpec, MqttClusterStatus, NatsSpec, ServiceSpec};
+
+/// Desired state of a CMQ cluster.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
     group = "cmq.io",
     version = "v1alpha1",
     kind = "MqttCluster",
+    doc = "A CMQ deployment: MQTT hubs and dispatchers sharing their state over NATS JetStream.",
     namespaced,
-    shortname = "mqc"
+    shortname = "mqc",
+    status = "MqttClusterStatus",
+    printcolumn = r#"{"name":"Hubs","type":"integer","jsonPath":".status.hubReadyReplicas"}"#,
+    printcolumn = r#"{"name":"Dispatchers","type":"integer","jsonPath":".status.dispatchReadyReplicas"}"#,
+    printcolumn = r#"{"name":"Connections","type":"integer","jsonPath":".status.connections"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct MqttClusterSpec {
+    /// The `cmq` container image of hubs and dispatchers (default: the operator's own
+    /// version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// The NATS JetStream the cluster keeps its state in. Required by the operator;
+    /// standalone mode ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats: Option<NatsSpec>,
     /// Settings of the hub, the device-facing MQTT gateway.
     #[serde(default)]
     pub hub: HubSpec,
+    /// The dispatchers: the rule engine behind ForwardRules.
+    #[serde(default)]
+    pub dispatch: DispatchSpec,
     /// Authentication and authorization defaults.
     #[serde(default)]
     pub auth: AuthSpec,
@@ -56,6 +77,19 @@ pub enum DenyAction {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HubSpec {
+    /// Hub pods (default 2). Ignored with `autoscaling`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub replicas: Option<i32>,
+    /// CPU and memory of each hub.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
+    /// Horizontal autoscaling on CPU and, optionally, connections per hub.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingSpec>,
+    /// The Service devices reach the hubs through.
+    #[serde(default)]
+    pub service: ServiceSpec,
     /// Network listeners devices connect to.
     #[serde(default)]
     pub listeners: ListenersSpec,

@@ -1,7 +1,7 @@
 //! `TopicAcl`: where devices may publish and subscribe.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
-use kube::CustomResource;
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -16,6 +16,7 @@ use crate::template::TopicTemplate;
     group = "cmq.io",
     version = "v1alpha1",
     kind = "TopicAcl",
+    doc = "Where a set of devices may publish and subscribe in an MqttCluster.",
     namespaced,
     shortname = "tacl",
     status = "TopicAclStatus",
@@ -40,7 +41,8 @@ pub struct TopicAclSpec {
 }
 
 /// Which connections a TopicAcl covers.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new("(has(self.all) && self.all) || (has(self.anonymous) && self.anonymous) || (has(self.clientIds) && size(self.clientIds) > 0) || (has(self.usernames) && size(self.usernames) > 0) || has(self.credentialSelector)").message("set all, anonymous, clientIds, usernames or credentialSelector"))]
 #[serde(rename_all = "camelCase")]
 pub struct AppliesTo {
     /// Every connection, authenticated or anonymous.
@@ -62,7 +64,8 @@ pub struct AppliesTo {
 }
 
 /// One rule.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new("!has(self.retain) || self.action != 'subscribe'").message("retain applies to publish rules only"))]
 #[serde(rename_all = "camelCase")]
 pub struct AclRule {
     /// What the rule is about.
@@ -77,6 +80,8 @@ pub struct AclRule {
     pub topics: Vec<String>,
     /// QoS levels the rule matches (default: all).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(validation = Rule::new("self.all(q, q <= 2)").message("QoS is 0, 1 or 2"))]
+    #[schemars(length(max = 3))]
     pub qos: Vec<u8>,
     /// Publish only: match only retained (`true`) or only non-retained (`false`) messages.
     #[serde(default, skip_serializing_if = "Option::is_none")]
