@@ -20,6 +20,12 @@ use crate::v1alpha1::{
 /// refused (the reader is older than the writer), never misread.
 pub const FORMAT_VERSION: u32 = 1;
 
+/// The cluster name hubs and buckets use for the `MqttCluster` `namespace/name`
+/// (`cmq hub --cluster`): letters, digits, `_` and `-` only, so a `.` in the name becomes `-`.
+pub fn cluster_name(namespace: &str, name: &str) -> String {
+    format!("{namespace}_{name}").replace('.', "-")
+}
+
 /// Name of the bucket holding a cluster's credentials.
 pub fn credentials_bucket(cluster: &str) -> String {
     format!("cmq_{cluster}_credentials")

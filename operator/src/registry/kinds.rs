@@ -1,0 +1,111 @@
+//! The two registry kinds: how each is encoded for the KV.
+
+use cmq_crds::kv;
+use cmq_crds::v1alpha1::{DeviceCredential, TopicAcl};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::ResourceExt;
+use kube::api::Api;
+
+use super::RegistryObject;
+use crate::context::Context;
+use crate::error::Error;
+
+impl RegistryObject for DeviceCredential {
+    const KIND: &'static str = "DeviceCredential";
+
+    fn cluster_ref(&self) -> &str {
+        &self.spec.cluster_ref
+    }
+
+    fn bucket(cluster: &str) -> String {
+        kv::credentials_bucket(cluster)
+    }
+
+    fn secret_name(&self) -> Option<&str> {
+        self.spec
+            .password
+            .as_ref()
+            .and_then(|p| p.secret_ref.as_ref())
+            .map(|r| r.name.as_str())
+    }
+
+    fn conditions(&self) -> &[Condition] {
+        self.status.as_ref().map_or(&[], |s| &s.conditions)
+    }
+
+    async fn encode(&self, ctx: &Context, current: Option<&[u8]>) -> Result<Vec<u8>, Error> {
+        self.spec
+            .validate()
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        let hash = match self
+            .spec
+            .password
+            .as_ref()
+            .and_then(|p| p.secret_ref.as_ref())
+        {
+            None => None,
+            Some(r) => {
+                let ns = self.namespace().unwrap_or_default();
+                let secret = Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+                    .get_opt(&r.name)
+                    .await?
+                    .ok_or_else(|| Error::Secret(format!("Secret {ns}/{} not found", r.name)))?;
+                let plain = secret
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get(&r.key))
+                    .map(|v| v.0.clone())
+                    .ok_or_else(|| {
+                        Error::Secret(format!("Secret {ns}/{} has no key {:?}", r.name, r.key))
+                    })?;
+                Some(hash_of(plain, current).await?)
+            }
+        };
+        kv::encode_credential(self, hash.as_deref()).map_err(|e| Error::Invalid(e.to_string()))
+    }
+}
+
+/// The argon2id hash for `plain`: the one in the current entry when it still verifies
+/// (so an unchanged Secret leaves the entry untouched), else a new one. Off the async
+/// threads: argon2 takes tens of milliseconds of CPU.
+async fn hash_of(plain: Vec<u8>, current: Option<&[u8]>) -> Result<String, Error> {
+    let existing = current
+        .and_then(|c| kv::decode_credential(c).ok())
+        .and_then(|c| c.spec.password.and_then(|p| p.hash));
+    tokio::task::spawn_blocking(move || {
+        use argon2::password_hash::{PasswordHash, PasswordVerifier};
+        if let Some(h) = existing
+            && PasswordHash::new(&h).is_ok_and(|parsed| {
+                argon2::Argon2::default()
+                    .verify_password(&plain, &parsed)
+                    .is_ok()
+            })
+        {
+            return Ok(h);
+        }
+        kv::hash_password(&plain).map_err(|e| Error::Invalid(e.to_string()))
+    })
+    .await
+    .map_err(|e| Error::Invalid(format!("hashing failed: {e}")))?
+}
+
+impl RegistryObject for TopicAcl {
+    const KIND: &'static str = "TopicAcl";
+
+    fn cluster_ref(&self) -> &str {
+        &self.spec.cluster_ref
+    }
+
+    fn bucket(cluster: &str) -> String {
+        kv::acl_bucket(cluster)
+    }
+
+    fn conditions(&self) -> &[Condition] {
+        self.status.as_ref().map_or(&[], |s| &s.conditions)
+    }
+
+    async fn encode(&self, _ctx: &Context, _current: Option<&[u8]>) -> Result<Vec<u8>, Error> {
+        kv::encode_acl(self).map_err(|e| Error::Invalid(e.to_string()))
+    }
+}
