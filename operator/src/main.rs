@@ -1,6 +1,7 @@
 //! `cmq-operator`: reconciles CMQ's custom resources. Thin: flags, the API client, the
 //! controllers, an admin endpoint, and a graceful stop on SIGTERM.
 
+mod cluster;
 mod context;
 mod error;
 mod metrics;
@@ -96,6 +97,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     });
     info!(admin = %args.admin_listen, "cmq-operator starting");
     let controllers = [
+        tokio::spawn(cluster::run(ctx.clone(), shutdown.clone())),
         tokio::spawn(registry::run::<DeviceCredential>(
             ctx.clone(),
             shutdown.clone(),

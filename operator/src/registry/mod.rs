@@ -5,6 +5,8 @@
 mod kinds;
 mod status;
 
+pub use status::differs as condition_differs;
+
 use std::fmt::Debug;
 use std::future::Future;
 use std::sync::Arc;
