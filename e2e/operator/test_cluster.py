@@ -1,0 +1,56 @@
+"""MqttCluster → hub workloads, by server-side apply with owner references."""
+
+from conftest import apply, condition, get, mqtt_cluster, wait_until
+
+
+def owned_by(obj, uid):
+    return any(o.get("uid") == uid and o.get("controller") for o in obj["metadata"].get("ownerReferences", []))
+
+
+def test_children_are_created_owned_and_repaired(kube, ns, nats):
+    apply(kube, ns, mqtt_cluster("demo", nats.url, hub={"replicas": 3}))
+    uid = get(kube, ns, "mqttcluster", "demo")["metadata"]["uid"]
+    kinds = [("deployment", "demo-hub"), ("service", "demo-hub"), ("poddisruptionbudget", "demo-hub"),
+             ("configmap", "demo-cmq-config"), ("serviceaccount", "demo-cmq")]
+    for kind, name in kinds:
+        obj = wait_until(lambda: get(kube, ns, kind, name), 30)
+        assert obj, f"{kind}/{name} not created"
+        assert owned_by(obj, uid), obj["metadata"]
+    dep = get(kube, ns, "deployment", "demo-hub")
+    assert dep["spec"]["replicas"] == 3
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["CMQ_CLUSTER"] == f"{ns}_demo" and env["CMQ_NATS_URL"] == nats.url
+
+    # Drift: someone scales the Deployment by hand; the operator puts it back.
+    kube.kubectl("scale", "-n", ns, "deployment/demo-hub", "--replicas=7")
+    assert wait_until(lambda: get(kube, ns, "deployment", "demo-hub")["spec"]["replicas"] == 3, 30)
+
+    # A spec change rolls the pods: the config checksum annotation changes.
+    before = dep["spec"]["template"]["metadata"]["annotations"]["cmq.io/config-checksum"]
+    apply(kube, ns, mqtt_cluster("demo", nats.url, hub={"replicas": 3, "limits": {"maxConnections": 5000}}))
+    assert wait_until(lambda: get(kube, ns, "deployment", "demo-hub")["spec"]["template"]["metadata"]
+                      ["annotations"]["cmq.io/config-checksum"] != before, 30)
+
+    # Autoscaling adds an HPA and hands it the replica count.
+    apply(kube, ns, mqtt_cluster("demo", nats.url, hub={"autoscaling": {"minReplicas": 2, "maxReplicas": 5,
+                                                                         "targetConnectionsPerPod": 20000}}))
+    hpa = wait_until(lambda: get(kube, ns, "hpa", "demo-hub"), 30)
+    assert hpa and hpa["spec"]["maxReplicas"] == 5 and len(hpa["spec"]["metrics"]) == 2
+
+    st = wait_until(lambda: condition(get(kube, ns, "mqttcluster", "demo"), "NatsConnected"), 30)
+    assert st and st["status"] == "True", st
+    ready = condition(get(kube, ns, "mqttcluster", "demo"), "Ready")
+    # No kubelet runs here: no hub pod can become ready, and the status says so.
+    assert ready["status"] == "False"
+    columns = kube.kubectl("get", "-n", ns, "mqttclusters").stdout.splitlines()[0].split()
+    assert columns[:5] == ["NAME", "HUBS", "DISPATCHERS", "CONNECTIONS", "READY"], columns
+
+
+def test_invalid_cluster_gets_a_condition(kube, ns):
+    apply(kube, ns, mqtt_cluster("broken", None))
+    c = wait_until(lambda: condition(get(kube, ns, "mqttcluster", "broken"), "Ready"), 30)
+    assert c and c["status"] == "False" and c["reason"] == "InvalidSpec" and "spec.nats" in c["message"], c
+    assert get(kube, ns, "deployment", "broken-hub") is None

@@ -1,0 +1,81 @@
+"""DeviceCredential and TopicAcl through the operator into NATS KV, used by a real hub."""
+
+from conftest import (apply, condition, connack, credential, get, mqtt_cluster, secret,
+                      topic_acl, wait_until)
+
+
+def synced(kube, ns, kind, name):
+    return (condition(get(kube, ns, kind, name), "Synced") or {}).get("status") == "True"
+
+
+def test_crds_are_served_with_docs_and_columns(kube):
+    explain = kube.kubectl("explain", "devicecredentials.spec.password.hash").stdout
+    assert "argon2id" in explain
+    cols = kube.kubectl("get", "crd", "devicecredentials.cmq.io", "-o",
+                        "jsonpath={.spec.versions[0].additionalPrinterColumns[*].name}").stdout
+    assert "Synced" in cols.split()
+
+
+def test_cel_rules_reject_invalid_resources(kube, ns):
+    plaintext = credential("bad", "demo", "u")
+    plaintext["spec"]["password"] = {"hash": "hunter2"}
+    r = apply(kube, ns, plaintext, check=False)
+    assert r.returncode != 0 and "plaintext passwords are not accepted" in r.stderr, r.stderr
+    nothing = credential("bad2", "demo", "u")
+    r = apply(kube, ns, nothing, check=False)
+    assert r.returncode != 0 and "a password, an x509 identity, or both" in r.stderr, r.stderr
+    acl = topic_acl("bad3", "demo", [{"action": "subscribe", "topics": ["a/#"], "retain": True,
+                                       "permission": "allow"}])
+    r = apply(kube, ns, acl, check=False)
+    assert r.returncode != 0 and "retain applies to publish rules only" in r.stderr, r.stderr
+
+
+def test_credentials_reach_the_hub_and_deletion_revokes(kube, ns, nats, hub_factory):
+    apply(kube, ns, mqtt_cluster("demo", nats.url))
+    apply(kube, ns, secret("alice-pw", "alice-secret"))
+    apply(kube, ns, secret("bob-pw", "bob-secret"))
+    apply(kube, ns, credential("alice", "demo", "alice", "alice-pw"))
+    apply(kube, ns, credential("bob", "demo", "bob", "bob-pw"))
+    apply(kube, ns, topic_acl("own", "demo", [{"action": "all", "topics": ["e2e/#"], "permission": "allow"}]))
+    for kind, name in [("devicecredential", "alice"), ("devicecredential", "bob"), ("topicacl", "own")]:
+        assert wait_until(lambda: synced(kube, ns, kind, name), 30), get(kube, ns, kind, name)
+    cred = get(kube, ns, "devicecredential", "alice")
+    assert "cmq.io/registry" in cred["metadata"]["finalizers"]
+    assert cred["status"]["observedGeneration"] == cred["metadata"]["generation"]
+
+    hub = hub_factory(f"{ns}_demo")
+    assert connack(hub.port, "alice", "alice-secret") == 0, hub.tail()
+    assert connack(hub.port, "alice", "wrong") == 0x86
+
+    # The Secret changes: the new password works, the old one no longer does.
+    apply(kube, ns, secret("alice-pw", "rotated"))
+    assert wait_until(lambda: connack(hub.port, "alice", "rotated") == 0, 30), hub.tail()
+    assert connack(hub.port, "alice", "alice-secret") == 0x86
+
+    kube.kubectl("delete", "-n", ns, "devicecredential", "alice", "--timeout=60s")
+    assert get(kube, ns, "devicecredential", "alice") is None
+    assert wait_until(lambda: connack(hub.port, "alice", "rotated") == 0x86, 30), hub.tail()
+    assert connack(hub.port, "bob", "bob-secret") == 0
+
+
+def test_missing_secret_is_reported_then_recovers(kube, ns, nats):
+    apply(kube, ns, mqtt_cluster("demo", nats.url))
+    apply(kube, ns, credential("carol", "demo", "carol", "carol-pw"))
+    c = wait_until(lambda: condition(get(kube, ns, "devicecredential", "carol"), "Synced"), 30)
+    assert c and c["status"] == "False" and c["reason"] == "SecretNotFound", c
+    assert "carol-pw" in c["message"]
+    events = kube.kubectl("get", "events", "-n", ns, "-o", "json").stdout
+    assert "SecretNotFound" in events
+    apply(kube, ns, secret("carol-pw", "x"))
+    assert wait_until(lambda: synced(kube, ns, "devicecredential", "carol"), 30), \
+        get(kube, ns, "devicecredential", "carol")
+
+
+def test_unknown_cluster_is_reported(kube, ns, nats):
+    apply(kube, ns, credential("dave", "nowhere", "dave", x509={"commonName": "dave"}))
+    c = wait_until(lambda: condition(get(kube, ns, "devicecredential", "dave"), "Synced"), 30)
+    assert c and c["status"] == "False" and c["reason"] == "ClusterNotFound", c
+    # The cluster appears: the credential syncs without being touched.
+    apply(kube, ns, mqtt_cluster("nowhere", nats.url))
+    assert wait_until(lambda: synced(kube, ns, "devicecredential", "dave"), 60), \
+        get(kube, ns, "devicecredential", "dave")
