@@ -20,7 +20,7 @@ use axum::routing::get;
 use clap::Parser;
 use cmq_crds::v1alpha1::{DeviceCredential, TopicAcl};
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
 /// Field manager of every server-side apply, and the Event reporter.
@@ -36,6 +36,12 @@ struct Args {
         default_value = "0.0.0.0:8080"
     )]
     admin_listen: SocketAddr,
+    /// Reconcile only while holding the `cmq-operator` Lease (several replicas: one leads).
+    #[arg(long, env = "CMQ_OPERATOR_LEADER_ELECTION", default_value_t = false)]
+    leader_election: bool,
+    /// Namespace of the Lease (the chart sets the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
 }
 
 #[derive(Clone)]
@@ -96,6 +102,39 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .await
     });
     info!(admin = %args.admin_listen, "cmq-operator starting");
+    // Leader election: wait for the Lease (or SIGTERM) before reconciling anything.
+    let mut leadership = None;
+    if args.leader_election {
+        let identity = std::env::var("POD_NAME")
+            .unwrap_or_else(|_| format!("cmq-operator-{}", std::process::id()));
+        let manager =
+            kube_lease_manager::LeaseManagerBuilder::new(ctx.client.clone(), FIELD_MANAGER)
+                .with_namespace(&args.lease_namespace)
+                .with_identity(&identity)
+                .with_duration(15)
+                .with_grace(5)
+                .with_field_manager(FIELD_MANAGER)
+                .build()
+                .await
+                .context("cannot set up leader election")?;
+        let (mut leader, _task) = manager.watch().await;
+        info!(identity, lease_namespace = %args.lease_namespace, "waiting for the leader Lease");
+        let signal = wait_for_signal();
+        tokio::pin!(signal);
+        while !*leader.borrow_and_update() {
+            tokio::select! {
+                r = &mut signal => {
+                    r?;
+                    shutdown.cancel();
+                    let _ = admin_task.await;
+                    return Ok(());
+                }
+                changed = leader.changed() => changed.context("leader election stopped")?,
+            }
+        }
+        info!(identity, "leading");
+        leadership = Some(leader);
+    }
     let controllers = [
         tokio::spawn(cluster::run(ctx.clone(), shutdown.clone())),
         tokio::spawn(registry::run::<DeviceCredential>(
@@ -105,7 +144,25 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tokio::spawn(registry::run::<TopicAcl>(ctx.clone(), shutdown.clone())),
     ];
     ready.store(true, Ordering::Release);
-    wait_for_signal().await?;
+    let lost = async {
+        match leadership.as_mut() {
+            Some(l) => loop {
+                if l.changed().await.is_err() || !*l.borrow_and_update() {
+                    return;
+                }
+            },
+            None => std::future::pending().await,
+        }
+    };
+    let mut lost_leadership = false;
+    tokio::select! {
+        r = wait_for_signal() => r?,
+        _ = lost => {
+            // Another replica may lead now: stop at once, the pod restarts and rejoins.
+            warn!("lost the leader Lease; stopping");
+            lost_leadership = true;
+        }
+    }
     info!("shutting down: finishing reconciles in progress");
     ready.store(false, Ordering::Release);
     shutdown.cancel();
@@ -113,7 +170,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let _ = c.await;
     }
     let _ = admin_task.await;
+    drop(leadership);
     info!("stopped");
+    if lost_leadership {
+        anyhow::bail!("lost the leader Lease");
+    }
     Ok(())
 }
 
