@@ -3,8 +3,9 @@
 # protocol tests that drive a running `cmq standalone` with clients written by others
 # (Python paho-mqtt, mosquitto_pub/mosquitto_sub), the same protocol tests against
 # `cmq hub` on NATS JetStream state, the access tests (credentials, ACLs, TLS) in both
-# modes, and the cluster tests (several `cmq hub` processes on
-# one nats-server). Installs the clients and nats-server (into ~/.cache/cmq) when missing.
+# modes, the cluster tests (several `cmq hub` processes on one nats-server), and the
+# operator's end-to-end tests against a real kube-apiserver (with the Helm chart). Installs
+# the clients, nats-server and the Kubernetes binaries (into ~/.cache/cmq) when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -61,6 +62,14 @@ run_suite "access (cluster)" dataplane/tests/access --mode=cluster
 
 step "cluster tests: several cmq hub processes on one nats-server and on a 3-node NATS cluster"
 run_suite "cluster" dataplane/tests/cluster --run-nats-cluster
+
+step "installing the Kubernetes control plane (etcd, kube-apiserver, kubectl, helm) when missing"
+CMQ_K8S_BIN="$(scripts/install-k8s.sh | tail -n 1)"
+export CMQ_K8S_BIN
+
+step "operator e2e: CRDs, controllers, Helm chart against a real kube-apiserver, NATS and hubs"
+cargo build -p cmq-operator --bin cmq-operator
+run_suite "operator e2e" e2e/operator
 
 if [ "${#failed[@]}" -gt 0 ]; then
   echo >&2
