@@ -19,7 +19,8 @@ so a Deployment never gets pods. Without kube-controller-manager no ServiceAccou
 
 Binaries come from $CMQ_K8S_BIN, else from the last line printed by scripts/install-k8s.sh
 (which builds them into ~/.cache/cmq/bin when missing). Run this file to keep a control plane
-up by hand:  python3 e2e/support/kubeenv.py [WORKDIR]
+up by hand:  python3 e2e/support/kubeenv.py [WORKDIR]  (KUBEENV_CONTROLLERS=1 adds
+kube-controller-manager)
 """
 
 from __future__ import annotations
@@ -78,30 +79,38 @@ def free_port() -> int:
 # ---------------------------------------------------------------------------
 
 _BIN: Path | None = None
+_SCRIPT_BIN: str | None = None
+_BASE = ("etcd", "kube-apiserver", "kubectl")
+_OPTIONAL = ("kube-controller-manager", "kube-scheduler")  # built with CMQ_K8S_EXTRA
 
 
-def k8s_bin() -> Path:
-    """Directory holding etcd, kube-apiserver, kubectl and helm: $CMQ_K8S_BIN, else the last
-    line printed by scripts/install-k8s.sh (a cold build takes ~15 min, a warm call ~1 s)."""
-    global _BIN
-    if _BIN:
+def k8s_bin(*extra: str) -> Path:
+    """Directory holding etcd, kube-apiserver, kubectl and helm (plus ``extra`` binaries, e.g.
+    "kube-controller-manager"): $CMQ_K8S_BIN, else the last line printed by
+    scripts/install-k8s.sh (a cold build takes ~12 min on 2 cores, a warm call ~0.5 s)."""
+    global _BIN, _SCRIPT_BIN
+    need = _BASE + extra
+    if _BIN and all(os.access(_BIN / n, os.X_OK) for n in need):
         return _BIN
     env = os.environ.get("CMQ_K8S_BIN")
-    if env:
+    if env and env != _SCRIPT_BIN:  # set by the caller, not by an earlier call here
         d = Path(env)
     else:
         script = REPO_ROOT / "scripts" / "install-k8s.sh"
+        run_env = dict(os.environ)
+        wanted = set(run_env.get("CMQ_K8S_EXTRA", "").split()) | {n for n in extra if n in _OPTIONAL}
+        run_env["CMQ_K8S_EXTRA"] = " ".join(sorted(wanted))
         try:
             out = subprocess.run([str(script)], check=True, stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, timeout=3600, text=True)
+                                 stderr=subprocess.PIPE, timeout=3600, text=True, env=run_env)
         except subprocess.CalledProcessError as e:
             raise RuntimeError(f"{script} failed (exit {e.returncode}):\n{e.stderr[-4000:]}") from None
         lines = [ln.strip() for ln in out.stdout.splitlines() if ln.strip()]
         if not lines:
             raise RuntimeError(f"{script} printed nothing on stdout\n{out.stderr[-4000:]}")
         d = Path(lines[-1])
-        os.environ["CMQ_K8S_BIN"] = str(d)  # child processes / later calls agree
-    for name in ("etcd", "kube-apiserver", "kubectl"):
+        _SCRIPT_BIN = os.environ["CMQ_K8S_BIN"] = str(d)  # child processes agree
+    for name in need:
         if not os.access(d / name, os.X_OK):
             raise RuntimeError(f"{d / name} is not an executable (CMQ_K8S_BIN={env!r})")
     _BIN = d
@@ -181,11 +190,22 @@ class KubeEnv:
     """etcd + kube-apiserver on free loopback ports, with a generated PKI and an admin
     kubeconfig. Everything lives in ``workdir`` (pki/, etcd/, *.log, kubeconfig)."""
 
-    def __init__(self, workdir: os.PathLike | str, *, key_type: str = "ec",
-                 apiserver_args: list[str] | None = None, bin_dir: os.PathLike | str | None = None):
-        """``key_type``: "ec" (P-256, fast) or "rsa" (2048) for every key of the PKI.
+    def __init__(self, workdir: os.PathLike | str, *, controllers: bool = False,
+                 crds: list[os.PathLike | str] | None = None, key_type: str = "ec", apiserver_args: list[str] | None = None,
+                 bin_dir: os.PathLike | str | None = None):
+        """``controllers``: also run kube-controller-manager (built only with
+        CMQ_K8S_EXTRA=kube-controller-manager): garbage collection of owned objects,
+        Deployment -> ReplicaSet -> Pods (which stay Pending: no scheduler, no nodes),
+        "default" ServiceAccounts, namespace deletion. Adds ~1-2 s to the start. Its garbage
+        collector only sees custom resource types that existed when it started, or after its
+        30 s discovery resync: pass them in ``crds``.
+        ``crds``: files or directories of CustomResourceDefinitions, applied (server-side) and
+        waited for (Established) before start() returns and before kube-controller-manager.
+        ``key_type``: "ec" (P-256, fast) or "rsa" (2048) for every key of the PKI.
         ``apiserver_args``: extra kube-apiserver flags, appended last (so they win)."""
         self.workdir = Path(workdir).resolve()
+        self.controllers = controllers
+        self.crds = [Path(c) for c in (crds or [])]
         self.key_type = key_type
         self.extra_args = list(apiserver_args or [])
         self._bin_dir = Path(bin_dir) if bin_dir else None
@@ -193,11 +213,13 @@ class KubeEnv:
         self.kubeconfig = self.workdir / "kubeconfig"
         self.etcd_log = self.workdir / "etcd.log"
         self.apiserver_log = self.workdir / "kube-apiserver.log"
+        self.kcm_log = self.workdir / "kube-controller-manager.log"
         self.port = 0
         self.etcd_port = 0
         self.etcd_peer_port = 0
         self.etcd: subprocess.Popen | None = None
         self.apiserver: subprocess.Popen | None = None
+        self.kcm: subprocess.Popen | None = None
         self.startup_seconds: float | None = None
         self._logs: list = []
 
@@ -205,7 +227,7 @@ class KubeEnv:
     @property
     def bin(self) -> Path:
         if self._bin_dir is None:
-            self._bin_dir = k8s_bin()
+            self._bin_dir = k8s_bin(*(["kube-controller-manager"] if self.controllers else []))
         return self._bin_dir
 
     @property
@@ -345,10 +367,25 @@ class KubeEnv:
             "--authorization-mode=RBAC",
             "--endpoint-reconciler-type=none",
             "--allow-privileged=true",
-            # no kube-controller-manager makes the "default" ServiceAccounts (envtest does this too)
-            "--disable-admission-plugins=ServiceAccount",
+            # without kube-controller-manager nothing makes the "default" ServiceAccounts, and
+            # this plugin would reject every pod (envtest turns it off too)
+            *([] if self.controllers else ["--disable-admission-plugins=ServiceAccount"]),
             "--profiling=false",
             *self.extra_args,
+        ]
+
+    def kcm_command(self) -> list[str]:
+        return [
+            str(self.bin / "kube-controller-manager"),
+            f"--kubeconfig={self.kubeconfig}",
+            f"--authentication-kubeconfig={self.kubeconfig}",
+            f"--authorization-kubeconfig={self.kubeconfig}",
+            "--leader-elect=false", "--secure-port=0",
+            f"--root-ca-file={self.ca_file}",
+            f"--service-account-private-key-file={self.pki / 'sa.key'}",
+            "--use-service-account-credentials=false",
+            "--kube-api-qps=500", "--kube-api-burst=1000",
+            "--profiling=false",
         ]
 
     def start(self, timeout: float = 60.0) -> "KubeEnv":
@@ -356,8 +393,7 @@ class KubeEnv:
         "default" namespace, write the kubeconfig. Raises KubeEnvError with log tails."""
         if self.alive():
             return self
-        t0 = time.monotonic()
-        self.bin  # resolve (may build) before the clock matters for timeouts
+        self.bin  # resolve (may build) before the clock starts
         t0 = time.monotonic()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.make_pki()
@@ -373,11 +409,23 @@ class KubeEnv:
             self.apiserver = self._spawn(self.apiserver_command(), self.apiserver_log)
             self.write_kubeconfig()
             self._wait_ready(t0 + timeout)
+            if self.crds:
+                self.apply_crds(*self.crds)
+            if self.controllers:
+                self.kcm = self._spawn(self.kcm_command(), self.kcm_log)
+                self._wait_kcm(t0 + timeout)
         except BaseException:
             self.stop(timeout=5)
             raise
         self.startup_seconds = time.monotonic() - t0
         return self
+
+    def apply_crds(self, *paths: os.PathLike | str, timeout: float = 30.0) -> None:
+        """Server-side apply CRD files/directories and wait until every CRD is Established."""
+        args = [a for p in paths for a in ("-f", str(p))]
+        self.kubectl("apply", "--server-side", "--force-conflicts", *args)
+        self.kubectl("wait", "--for=condition=Established", "--timeout", f"{timeout:.0f}s", *args,
+                     timeout=timeout + 10)
 
     def _ssl_context(self) -> ssl.SSLContext:
         ctx = ssl.create_default_context(cafile=str(self.ca_file))
@@ -423,12 +471,25 @@ class KubeEnv:
         raise KubeEnvError(f"kube-apiserver not ready: /readyz={last[0]}\n"
                            f"{detail[1].decode(errors='replace')[-2000:]}\n{self.log_tails()}")
 
+    def _wait_kcm(self, deadline: float) -> None:
+        # its serviceaccount controller making default/default shows the controllers run
+        while time.monotonic() < deadline:
+            if self.kcm.poll() is not None:
+                raise KubeEnvError(f"kube-controller-manager exited with {self.kcm.returncode}\n"
+                                   f"{self.log_tails()}")
+            if self.get("/api/v1/namespaces/default/serviceaccounts/default")[0] == 200:
+                return
+            time.sleep(0.1)
+        raise KubeEnvError(f"kube-controller-manager made no default ServiceAccount\n{self.log_tails()}")
+
     def alive(self) -> bool:
-        return all(p is not None and p.poll() is None for p in (self.etcd, self.apiserver))
+        procs = (self.etcd, self.apiserver) + ((self.kcm,) if self.controllers else ())
+        return all(p is not None and p.poll() is None for p in procs)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM kube-apiserver, then etcd; SIGKILL whatever outlives ``timeout``."""
-        for proc in (self.apiserver, self.etcd):
+        """SIGTERM kube-controller-manager, kube-apiserver, then etcd; SIGKILL whatever
+        outlives ``timeout``."""
+        for proc in (self.kcm, self.apiserver, self.etcd):
             if proc is None or proc.poll() is not None:
                 continue
             proc.send_signal(signal.SIGTERM)
@@ -445,10 +506,10 @@ class KubeEnv:
 
     # -- logs -------------------------------------------------------------------
     def log_tails(self, lines: int = 40) -> str:
-        """The last lines of the kube-apiserver and etcd logs, for failure messages."""
-        return (f"--- {self.apiserver_log} (last {lines} lines) ---\n"
-                f"{_tail(self.apiserver_log, lines)}\n"
-                f"--- {self.etcd_log} (last {lines} lines) ---\n{_tail(self.etcd_log, lines)}")
+        """The last lines of each log (kube-apiserver, etcd, kube-controller-manager), with
+        the noise every start logs left out, for failure messages."""
+        logs = [self.apiserver_log, self.etcd_log] + ([self.kcm_log] if self.controllers else [])
+        return "\n".join(f"--- {p} (last {lines} lines) ---\n{_tail(p, lines)}" for p in logs)
 
     # -- clients ----------------------------------------------------------------
     def env(self, **extra: str) -> dict[str, str]:
@@ -489,7 +550,7 @@ class KubeEnv:
 def main(argv: list[str]) -> int:
     import tempfile
     workdir = Path(argv[1]) if len(argv) > 1 else Path(tempfile.mkdtemp(prefix="kubeenv-"))
-    env = KubeEnv(workdir).start()
+    env = KubeEnv(workdir, controllers=os.environ.get("KUBEENV_CONTROLLERS") == "1").start()
     print(f"kube-apiserver {env.server} ready in {env.startup_seconds:.1f} s\n"
           f"export KUBECONFIG={env.kubeconfig} PATH={env.bin}:$PATH\n"
           f"logs: {env.apiserver_log} {env.etcd_log}\nCtrl-C stops it.", flush=True)
