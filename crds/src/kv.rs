@@ -36,6 +36,11 @@ pub fn acl_bucket(cluster: &str) -> String {
     format!("cmq_{cluster}_acl")
 }
 
+/// Name of the bucket holding a cluster's ForwardRules (read by the dispatchers).
+pub fn rules_bucket(cluster: &str) -> String {
+    format!("cmq_{cluster}_rules")
+}
+
 /// The key of a resource in its bucket.
 pub fn entry_key(namespace: &str, name: &str) -> String {
     format!("{namespace}/{name}")
@@ -169,6 +174,39 @@ pub fn decode_acl(bytes: &[u8]) -> Result<StoredAcl, KvError> {
     let stored: StoredAcl = decode(bytes, ACL)?;
     stored.spec.validate()?;
     Ok(stored)
+}
+
+/// A ForwardRule as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredRule {
+    pub namespace: String,
+    pub name: String,
+    pub spec: crate::v1alpha1::ForwardRuleSpec,
+}
+
+const RULE: &str = "ForwardRule";
+
+/// Encodes a ForwardRule for the KV (the SQL is checked by the dispatchers, which report
+/// it in the rule's `Valid` condition).
+pub fn encode_rule(rule: &crate::v1alpha1::ForwardRule) -> Result<Vec<u8>, KvError> {
+    if rule.spec.cluster_ref.is_empty() {
+        return Err(FieldError::new("spec.clusterRef", "must not be empty").into());
+    }
+    let body = StoredRule {
+        namespace: rule
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        name: rule.metadata.name.clone().unwrap_or_default(),
+        spec: rule.spec.clone(),
+    };
+    encode(RULE, body)
+}
+
+/// Decodes a ForwardRule entry.
+pub fn decode_rule(bytes: &[u8]) -> Result<StoredRule, KvError> {
+    decode(bytes, RULE)
 }
 
 /// Hashes a plaintext password with argon2id (default parameters, random salt), as the

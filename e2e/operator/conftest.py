@@ -46,10 +46,11 @@ def wait_until(predicate, timeout: float = 30.0, interval: float = 0.2):
 
 @pytest.fixture(scope="session")
 def kube(tmp_path_factory):
-    env = KubeEnv(tmp_path_factory.mktemp("kube")).start()
+    # kube-controller-manager garbage-collects owned children and runs Deployments; its
+    # collector must see the CRDs at start, so KubeEnv applies them first.
+    env = KubeEnv(tmp_path_factory.mktemp("kube"), controllers=True, crds=[REPO / "crds"]).start()
+    # A plain client-side apply works too (each CRD is far under the 256 KiB annotation limit).
     env.kubectl("apply", "-f", str(REPO / "crds"))
-    for crd in ("mqttclusters", "devicecredentials", "topicacls", "forwardrules"):
-        env.kubectl("wait", "--for=condition=Established", f"crd/{crd}.cmq.io", "--timeout=60s")
     yield env
     env.stop()
 
@@ -84,7 +85,8 @@ class Proc:
 
 
 @pytest.fixture(scope="session")
-def operator(kube, tmp_path_factory):
+def operator(kube, nats, tmp_path_factory):
+    # Depends on nats only so that NATS outlives the operator at teardown.
     port = free_port()
     log = tmp_path_factory.mktemp("operator") / "operator.log"
     p = Proc([OPERATOR_BIN, "--admin-listen", f"127.0.0.1:{port}"], log,
@@ -143,6 +145,38 @@ def secret(name: str, password: str) -> dict:
 def topic_acl(name: str, cluster: str, rules: list, **applies) -> dict:
     return {"apiVersion": "cmq.io/v1alpha1", "kind": "TopicAcl", "metadata": {"name": name},
             "spec": {"clusterRef": cluster, "appliesTo": applies or {"all": True}, "rules": rules}}
+
+
+@pytest.fixture
+def operator_hub(kube, tmp_path):
+    """A `cmq hub` process started as the operator's hub Deployment would start it: its
+    env and the ConfigMap mounted at /etc/cmq, only the listen addresses moved to free
+    loopback ports (no kubelet runs here)."""
+    hubs = []
+
+    def start(ns: str, cluster: str):
+        dep = json.loads(kube.kubectl("get", "-n", ns, "deployment", f"{cluster}-hub", "-o", "json").stdout)
+        container = dep["spec"]["template"]["spec"]["containers"][0]
+        cm = json.loads(kube.kubectl("get", "-n", ns, "configmap", f"{cluster}-cmq-config", "-o", "json").stdout)
+        conf = tmp_path / f"etc-cmq-{len(hubs)}"
+        conf.mkdir()
+        for name, text in cm["data"].items():
+            (conf / name).write_text(text)
+        env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+        env["CMQ_MANIFESTS"] = str(conf)
+        env["CMQ_HUB_ID"] = f"pod-{len(hubs)}"  # the Downward API's metadata.name
+        port, admin = free_port(), free_port()
+        env.update(CMQ_MQTT_LISTEN=f"127.0.0.1:{port}", CMQ_WS_LISTEN="off",
+                   CMQ_ADMIN_LISTEN=f"127.0.0.1:{admin}", CMQ_AUTH_FAILURE_LIMIT="0")
+        p = Proc([CMQ_BIN, *container["args"]], tmp_path / f"op-hub-{len(hubs)}.log", env=env)
+        p.port, p.admin_port, p.env = port, admin, env
+        hubs.append(p)
+        assert wait_until(lambda: http_get(admin, "/readyz")[0] == 200, 60), p.tail()
+        return p
+
+    yield start
+    for h in hubs:
+        h.stop()
 
 
 @pytest.fixture

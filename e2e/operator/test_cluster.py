@@ -49,6 +49,20 @@ def test_children_are_created_owned_and_repaired(kube, ns, nats):
     assert columns[:5] == ["NAME", "HUBS", "DISPATCHERS", "CONNECTIONS", "READY"], columns
 
 
+def test_children_go_with_the_cluster(kube, ns, nats):
+    apply(kube, ns, mqtt_cluster("gone", nats.url))
+    assert wait_until(lambda: get(kube, ns, "deployment", "gone-hub"), 30)
+    # kube-controller-manager runs the Deployment: a ReplicaSet appears (its pods stay
+    # Pending without nodes), and the MqttCluster says no hub is ready.
+    assert wait_until(lambda: kube.kubectl("get", "-n", ns, "replicasets", "-o", "name").stdout.strip(), 30)
+    hub = wait_until(lambda: condition(get(kube, ns, "mqttcluster", "gone"), "HubAvailable"), 30)
+    assert hub and hub["status"] == "False" and hub["reason"] == "NoHubReady", hub
+    kube.kubectl("delete", "-n", ns, "mqttcluster", "gone", "--timeout=60s")
+    for kind, name in [("deployment", "gone-hub"), ("service", "gone-hub"), ("configmap", "gone-cmq-config"),
+                       ("poddisruptionbudget", "gone-hub"), ("serviceaccount", "gone-cmq")]:
+        assert wait_until(lambda: get(kube, ns, kind, name) is None, 60), f"{kind}/{name} not collected"
+
+
 def test_invalid_cluster_gets_a_condition(kube, ns):
     apply(kube, ns, mqtt_cluster("broken", None))
     c = wait_until(lambda: condition(get(kube, ns, "mqttcluster", "broken"), "Ready"), 30)

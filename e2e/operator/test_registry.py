@@ -1,7 +1,9 @@
 """DeviceCredential and TopicAcl through the operator into NATS KV, used by a real hub."""
 
-from conftest import (apply, condition, connack, credential, get, mqtt_cluster, secret,
-                      topic_acl, wait_until)
+import subprocess
+
+from conftest import (apply, condition, connack, credential, get, http_get, mqtt_cluster,
+                      secret, topic_acl, wait_until)
 
 
 def synced(kube, ns, kind, name):
@@ -30,7 +32,7 @@ def test_cel_rules_reject_invalid_resources(kube, ns):
     assert r.returncode != 0 and "retain applies to publish rules only" in r.stderr, r.stderr
 
 
-def test_credentials_reach_the_hub_and_deletion_revokes(kube, ns, nats, hub_factory):
+def test_credentials_reach_the_hub_and_deletion_revokes(kube, ns, nats, operator_hub):
     apply(kube, ns, mqtt_cluster("demo", nats.url))
     apply(kube, ns, secret("alice-pw", "alice-secret"))
     apply(kube, ns, secret("bob-pw", "bob-secret"))
@@ -43,7 +45,9 @@ def test_credentials_reach_the_hub_and_deletion_revokes(kube, ns, nats, hub_fact
     assert "cmq.io/registry" in cred["metadata"]["finalizers"]
     assert cred["status"]["observedGeneration"] == cred["metadata"]["generation"]
 
-    hub = hub_factory(f"{ns}_demo")
+    # The hub runs with the configuration the operator generated for the cluster.
+    hub = operator_hub(ns, "demo")
+    assert hub.env["CMQ_CLUSTER"] == f"{ns}_demo"
     assert connack(hub.port, "alice", "alice-secret") == 0, hub.tail()
     assert connack(hub.port, "alice", "wrong") == 0x86
 
@@ -52,10 +56,45 @@ def test_credentials_reach_the_hub_and_deletion_revokes(kube, ns, nats, hub_fact
     assert wait_until(lambda: connack(hub.port, "alice", "rotated") == 0, 30), hub.tail()
     assert connack(hub.port, "alice", "alice-secret") == 0x86
 
-    kube.kubectl("delete", "-n", ns, "devicecredential", "alice", "--timeout=60s")
-    assert get(kube, ns, "devicecredential", "alice") is None
+    # A live connection of alice's, then her credential is deleted: the hub closes it.
+    sub = subprocess.Popen(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(hub.port), "-V", "mqttv5",
+                            "-d", "-i", "alice-live", "-u", "alice", "-P", "rotated", "-t", "e2e/#"],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert wait_until(lambda: hub_connections(hub) == 1, 10), hub.tail()
+        kube.kubectl("delete", "-n", ns, "devicecredential", "alice", "--timeout=60s")
+        assert get(kube, ns, "devicecredential", "alice") is None
+        out, _ = sub.communicate(timeout=30)
+    finally:
+        if sub.poll() is None:
+            sub.kill()
+    assert "Received DISCONNECT (135)" in out, out
     assert wait_until(lambda: connack(hub.port, "alice", "rotated") == 0x86, 30), hub.tail()
     assert connack(hub.port, "bob", "bob-secret") == 0
+
+
+def hub_connections(hub) -> int:
+    """Open MQTT connections of a hub, from its /metrics."""
+    status, body = http_get(hub.admin_port, "/metrics")
+    for line in body.decode().splitlines() if status == 200 else []:
+        if line.startswith("cmq_hub_connections "):
+            return int(float(line.split()[1]))
+    return -1
+
+
+def test_forward_rules_are_synced_and_removed(kube, ns, nats):
+    apply(kube, ns, mqtt_cluster("demo", nats.url))
+    rule = {"apiVersion": "cmq.io/v1alpha1", "kind": "ForwardRule", "metadata": {"name": "r1"},
+            "spec": {"clusterRef": "demo", "sql": 'SELECT * FROM "t/#"',
+                     "sinks": [{"name": "out", "mqtt": {"topic": "copy/${topic}"}}]}}
+    apply(kube, ns, rule)
+    assert wait_until(lambda: synced(kube, ns, "forwardrule", "r1"), 30), get(kube, ns, "forwardrule", "r1")
+    two = dict(rule, metadata={"name": "r2"})
+    two["spec"] = dict(rule["spec"], sinks=[{"name": "bad", "mqtt": {"topic": "x"}, "http": {"url": "http://x"}}])
+    r = apply(kube, ns, two, check=False)
+    assert r.returncode != 0 and "set exactly one of kafka, nats, http and mqtt" in r.stderr, r.stderr
+    kube.kubectl("delete", "-n", ns, "forwardrule", "r1", "--timeout=60s")
+    assert get(kube, ns, "forwardrule", "r1") is None
 
 
 def test_missing_secret_is_reported_then_recovers(kube, ns, nats):

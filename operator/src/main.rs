@@ -18,7 +18,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use clap::Parser;
-use cmq_crds::v1alpha1::{DeviceCredential, TopicAcl};
+use cmq_crds::v1alpha1::{DeviceCredential, ForwardRule, TopicAcl};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
@@ -142,6 +142,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             shutdown.clone(),
         )),
         tokio::spawn(registry::run::<TopicAcl>(ctx.clone(), shutdown.clone())),
+        tokio::spawn(registry::run::<ForwardRule>(ctx.clone(), shutdown.clone())),
     ];
     ready.store(true, Ordering::Release);
     let lost = async {
@@ -166,8 +167,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     info!("shutting down: finishing reconciles in progress");
     ready.store(false, Ordering::Release);
     shutdown.cancel();
-    for c in controllers {
-        let _ = c.await;
+    // Bounded: a reconcile stuck on an unreachable NATS must not hold the pod past its
+    // grace period (the next leader redoes whatever was left).
+    let drained = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        for c in controllers {
+            let _ = c.await;
+        }
+    })
+    .await;
+    if drained.is_err() {
+        warn!("reconciles still running after 10 s; stopping anyway");
     }
     let _ = admin_task.await;
     drop(leadership);

@@ -1,7 +1,7 @@
 //! The two registry kinds: how each is encoded for the KV.
 
 use cmq_crds::kv;
-use cmq_crds::v1alpha1::{DeviceCredential, TopicAcl};
+use cmq_crds::v1alpha1::{DeviceCredential, ForwardRule, TopicAcl};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::ResourceExt;
@@ -107,5 +107,25 @@ impl RegistryObject for TopicAcl {
 
     async fn encode(&self, _ctx: &Context, _current: Option<&[u8]>) -> Result<Vec<u8>, Error> {
         kv::encode_acl(self).map_err(|e| Error::Invalid(e.to_string()))
+    }
+}
+
+impl RegistryObject for ForwardRule {
+    const KIND: &'static str = "ForwardRule";
+
+    fn cluster_ref(&self) -> &str {
+        &self.spec.cluster_ref
+    }
+
+    fn bucket(cluster: &str) -> String {
+        kv::rules_bucket(cluster)
+    }
+
+    fn conditions(&self) -> &[Condition] {
+        self.status.as_ref().map_or(&[], |s| &s.conditions)
+    }
+
+    async fn encode(&self, _ctx: &Context, _current: Option<&[u8]>) -> Result<Vec<u8>, Error> {
+        kv::encode_rule(self).map_err(|e| Error::Invalid(e.to_string()))
     }
 }
