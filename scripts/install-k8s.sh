@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs a real Kubernetes control plane for the end-to-end tests, without Docker: etcd,
-# kube-apiserver, kubectl and helm (kube-controller-manager and kube-scheduler on request),
-# built from the Go module proxy into a cache outside the repo:
+# kube-apiserver, kubectl and helm (kube-controller-manager, kube-scheduler and kwok, the
+# fake kubelet, on request), built from the Go module proxy into a cache outside the repo:
 #   ${CMQ_CACHE_DIR:-$HOME/.cache/cmq}/bin       the binaries (nats-server lives there too)
 #   ${CMQ_CACHE_DIR:-$HOME/.cache/cmq}/go/{mod,build}   GOMODCACHE and GOCACHE
 # A binary that already reports the pinned version is not rebuilt, so a warm machine takes
@@ -9,18 +9,20 @@
 # to stderr:
 #   BIN=$(scripts/install-k8s.sh | tail -n1)
 #
-# Pins (the module graph is tools/k8s/go.mod + go.sum, and tools/k8s/helm/ for helm):
+# Pins (the module graph is tools/k8s/go.mod + go.sum, tools/k8s/helm/ for helm, tools/kwok/
+# for kwok):
 #   Kubernetes v1.36.3 (kube-apiserver, kubectl, ...), etcd v3.6.8 (the version
-#   Kubernetes 1.36.3 pins in build/dependencies.yaml), helm v4.2.4.
+#   Kubernetes 1.36.3 pins in build/dependencies.yaml), helm v4.2.4, kwok v0.8.0.
 # Environment:
-#   CMQ_K8S_EXTRA="kube-controller-manager kube-scheduler"  also build these (optional)
-#   CMQ_CACHE_DIR                                           cache root (default ~/.cache/cmq)
+#   CMQ_K8S_EXTRA="kube-controller-manager kube-scheduler kwok"  also build these (optional)
+#   CMQ_CACHE_DIR                                                cache root (default ~/.cache/cmq)
 # Needs Go >= 1.26 on PATH (only when something has to be built).
 set -euo pipefail
 
 K8S_VERSION=1.36.3
 ETCD_VERSION=3.6.8
 HELM_VERSION=4.2.4
+KWOK_VERSION=0.8.0
 
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 cache="${CMQ_CACHE_DIR:-$HOME/.cache/cmq}"
@@ -45,6 +47,9 @@ has_version() {
     helm)
       out="$("$b" version --template '{{.Version}}' 2>/dev/null)" || return 1
       [ "$out" = "v$HELM_VERSION" ] ;;
+    kwok) # "kwok version v0.8.0 go1.26.8 (linux/amd64)"
+      out="$("$b" --version 2>/dev/null)" || return 1
+      [[ "$out" == "kwok version v$KWOK_VERSION "* ]] ;;
     *) return 1 ;;
   esac
 }
@@ -52,7 +57,7 @@ has_version() {
 wanted=(etcd kube-apiserver kubectl helm)
 for extra in ${CMQ_K8S_EXTRA:-}; do
   case "$extra" in
-    kube-controller-manager | kube-scheduler) wanted+=("$extra") ;;
+    kube-controller-manager | kube-scheduler | kwok) wanted+=("$extra") ;;
     *) log "unknown CMQ_K8S_EXTRA entry: $extra"; exit 2 ;;
   esac
 done
@@ -90,10 +95,12 @@ if [ -n "$todo" ]; then
   k8s_pkgs=()
   build_etcd=0
   build_helm=0
+  build_kwok=0
   for n in $todo; do
     case "$n" in
       etcd) build_etcd=1 ;;
       helm) build_helm=1 ;;
+      kwok) build_kwok=1 ;;
       *) k8s_pkgs+=("k8s.io/kubernetes/cmd/$n") ;;
     esac
   done
@@ -123,6 +130,12 @@ if [ -n "$todo" ]; then
       -ldflags="-s -w -X helm.sh/helm/v4/internal/version.version=v$HELM_VERSION" \
       -o "$tmp/helm" helm.sh/helm/v4/cmd/helm) >&2
   fi
+  if [ "$build_kwok" = 1 ]; then
+    # its own module too (k8s.io/* v0.36.1, no replaces); the version is a source constant
+    log "building kwok v$KWOK_VERSION (cold: ~3 min on 2 cores)"
+    (cd "$repo/tools/kwok" && nice -n 10 go build -ldflags="-s -w" \
+      -o "$tmp/kwok" sigs.k8s.io/kwok/cmd/kwok) >&2
+  fi
 
   # move each into place by rename, so a concurrent reader never sees a half-written binary
   for n in $todo; do
@@ -133,5 +146,7 @@ if [ -n "$todo" ]; then
   log "built $(echo $todo) in $((SECONDS - started)) s"
 fi
 
-log "$("$bin_dir/kube-apiserver" --version), etcd $ETCD_VERSION, helm v$HELM_VERSION in $bin_dir"
+extras=""
+case " ${wanted[*]} " in *" kwok "*) extras=", kwok v$KWOK_VERSION" ;; esac
+log "$("$bin_dir/kube-apiserver" --version), etcd $ETCD_VERSION, helm v$HELM_VERSION$extras in $bin_dir"
 printf '%s\n' "$bin_dir"

@@ -64,7 +64,7 @@ step "cluster tests: several cmq hub processes on one nats-server and on a 3-nod
 run_suite "cluster" dataplane/tests/cluster --run-nats-cluster
 
 step "installing the Kubernetes control plane (etcd, kube-apiserver, kubectl, helm) when missing"
-CMQ_K8S_BIN="$(CMQ_K8S_EXTRA=kube-controller-manager scripts/install-k8s.sh | tail -n 1)"
+CMQ_K8S_BIN="$(CMQ_K8S_EXTRA="kube-controller-manager kube-scheduler kwok" scripts/install-k8s.sh | tail -n 1)"
 export CMQ_K8S_BIN
 
 step "operator e2e: CRDs, controllers, Helm chart against a real kube-apiserver, NATS and hubs"

@@ -212,12 +212,7 @@ pub fn decode_rule(bytes: &[u8]) -> Result<StoredRule, KvError> {
 /// Hashes a plaintext password with argon2id (default parameters, random salt), as the
 /// operator does with a credential's Secret.
 pub fn hash_password(plain: &[u8]) -> Result<String, KvError> {
-    use argon2::password_hash::{PasswordHasher, SaltString, rand_core::OsRng};
-    let salt = SaltString::generate(&mut OsRng);
-    argon2::Argon2::default()
-        .hash_password(plain, &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| KvError::Hash(e.to_string()))
+    crate::argon::hash(plain).map_err(KvError::Hash)
 }
 
 fn encode<T: Serialize>(kind: &str, body: T) -> Result<Vec<u8>, KvError> {

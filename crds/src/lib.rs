@@ -8,6 +8,7 @@ pub mod v1alpha1;
 /// The API group of every CMQ resource.
 pub const GROUP: &str = "cmq.io";
 
+pub mod argon;
 pub mod kv;
 pub mod template;
 

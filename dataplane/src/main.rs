@@ -39,15 +39,11 @@ fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Command::Standalone(args) => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
+            let runtime = hub_runtime()?;
             runtime.block_on(cmq::server::run_standalone(args))
         }
         Command::Hub(args) => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
+            let runtime = hub_runtime()?;
             runtime.block_on(cmq::server::run_cluster_hub(args))
         }
         Command::Bench(args) => cmq_loadgen::run_blocking(args).map(|_| ()),
@@ -58,4 +54,15 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(cmq::registry_cli::run(args))
         }
     }
+}
+
+/// The hub's runtime. Few blocking threads: password hashes (argon2: 19 MiB each) run on
+/// them, and every thread that ever ran one keeps its malloc arena's memory, so a reconnect
+/// storm of many devices would otherwise leave hundreds of MiB behind.
+fn hub_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(cores.max(2))
+        .build()
 }

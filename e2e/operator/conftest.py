@@ -48,7 +48,8 @@ def wait_until(predicate, timeout: float = 30.0, interval: float = 0.2):
 def kube(tmp_path_factory):
     # kube-controller-manager garbage-collects owned children and runs Deployments; its
     # collector must see the CRDs at start, so KubeEnv applies them first.
-    env = KubeEnv(tmp_path_factory.mktemp("kube"), controllers=True, crds=[REPO / "crds"]).start()
+    # One kwok node (with kube-scheduler): Deployments get pods that report Ready.
+    env = KubeEnv(tmp_path_factory.mktemp("kube"), nodes=1, crds=[REPO / "crds"]).start()
     # A plain client-side apply works too (each CRD is far under the 256 KiB annotation limit).
     env.kubectl("apply", "-f", str(REPO / "crds"))
     yield env

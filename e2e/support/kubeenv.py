@@ -12,15 +12,19 @@
     env.helm("template", "charts/cmq")          # helm v4 with HELM_* homes inside the workdir
     env.stop()                                  # also done at interpreter exit
 
-Only the apiserver runs: objects are stored and validated (CRD schemas, CEL rules,
-server-side apply, RBAC, admission), but no controller, scheduler or kubelet acts on them,
-so a Deployment never gets pods. Without kube-controller-manager no ServiceAccount
+By default only the apiserver runs: objects are stored and validated (CRD schemas, CEL
+rules, server-side apply, RBAC, admission), but no controller, scheduler or kubelet acts on
+them, so a Deployment never gets pods. Without kube-controller-manager no ServiceAccount
 "default" is made, so the ServiceAccount admission plugin is off (as in envtest).
+KubeEnv(..., controllers=True) adds kube-controller-manager (Deployments get Pending pods);
+KubeEnv(..., nodes=N) also adds kube-scheduler, kwok and N fake Nodes, so pods are
+scheduled and become Running + Ready (containers never run: images are not pulled, probes
+are not executed) and Deployments report readyReplicas.
 
 Binaries come from $CMQ_K8S_BIN, else from the last line printed by scripts/install-k8s.sh
 (which builds them into ~/.cache/cmq/bin when missing). Run this file to keep a control plane
 up by hand:  python3 e2e/support/kubeenv.py [WORKDIR]  (KUBEENV_CONTROLLERS=1 adds
-kube-controller-manager)
+kube-controller-manager, KUBEENV_NODES=N adds kube-scheduler, kwok and N fake nodes)
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from __future__ import annotations
 import atexit
 import base64
 import ctypes
+import json
 import os
 import random
 import shutil
@@ -81,7 +86,11 @@ def free_port() -> int:
 _BIN: Path | None = None
 _SCRIPT_BIN: str | None = None
 _BASE = ("etcd", "kube-apiserver", "kubectl")
-_OPTIONAL = ("kube-controller-manager", "kube-scheduler")  # built with CMQ_K8S_EXTRA
+_OPTIONAL = ("kube-controller-manager", "kube-scheduler", "kwok")  # built with CMQ_K8S_EXTRA
+# the Stage objects kwok plays (node-initialize, node-heartbeat-with-lease, pod-ready,
+# pod-complete, pod-delete), copied from the pinned kwok module by tools/kwok/regen.sh
+KWOK_STAGES = REPO_ROOT / "tools" / "kwok" / "stages.yaml"
+KWOK_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
 
 
 def k8s_bin(*extra: str) -> Path:
@@ -192,7 +201,9 @@ class KubeEnv:
 
     def __init__(self, workdir: os.PathLike | str, *, controllers: bool = False,
                  crds: list[os.PathLike | str] | None = None, key_type: str = "ec", apiserver_args: list[str] | None = None,
-                 bin_dir: os.PathLike | str | None = None):
+                 bin_dir: os.PathLike | str | None = None, nodes: int = 0,
+                 node_allocatable: dict[str, str] | None = None,
+                 kwok_stages: os.PathLike | str | None = None):
         """``controllers``: also run kube-controller-manager (built only with
         CMQ_K8S_EXTRA=kube-controller-manager): garbage collection of owned objects,
         Deployment -> ReplicaSet -> Pods (which stay Pending: no scheduler, no nodes),
@@ -202,9 +213,26 @@ class KubeEnv:
         ``crds``: files or directories of CustomResourceDefinitions, applied (server-side) and
         waited for (Established) before start() returns and before kube-controller-manager.
         ``key_type``: "ec" (P-256, fast) or "rsa" (2048) for every key of the PKI.
-        ``apiserver_args``: extra kube-apiserver flags, appended last (so they win)."""
+        ``apiserver_args``: extra kube-apiserver flags, appended last (so they win).
+        ``nodes``: when > 0, also run kube-scheduler and kwok (CMQ_K8S_EXTRA=kube-scheduler,
+        kwok) and create that many fake Nodes "kwok-node-0", ... (annotation
+        kwok.x-k8s.io/node=fake, no taints, labels kubernetes.io/hostname, kubernetes.io/os,
+        kubernetes.io/arch, type=kwok); implies ``controllers``. start() returns once every
+        node is Ready and untainted. Pods bound to them get phase Running, Ready and
+        ContainersReady conditions, running containerStatuses and a pod IP from 10.244.0.0/16
+        within about a second; pods of Jobs then complete; deleted pods go away at once (no
+        grace period). Adds ~1-2 s to the start.
+        ``node_allocatable``: capacity = allocatable of each node (default 32 CPUs, 128Gi,
+        110 pods), so the scheduler's resource fit is real.
+        ``kwok_stages``: a file of kwok Stage objects instead of tools/kwok/stages.yaml."""
         self.workdir = Path(workdir).resolve()
-        self.controllers = controllers
+        self.nodes = int(nodes)
+        if self.nodes < 0:
+            raise ValueError("nodes must be >= 0")
+        self.controllers = controllers or self.nodes > 0
+        self.node_allocatable = dict(node_allocatable or {"cpu": "32", "memory": "128Gi",
+                                                          "pods": "110"})
+        self.kwok_stages = Path(kwok_stages) if kwok_stages else KWOK_STAGES
         self.crds = [Path(c) for c in (crds or [])]
         self.key_type = key_type
         self.extra_args = list(apiserver_args or [])
@@ -214,12 +242,16 @@ class KubeEnv:
         self.etcd_log = self.workdir / "etcd.log"
         self.apiserver_log = self.workdir / "kube-apiserver.log"
         self.kcm_log = self.workdir / "kube-controller-manager.log"
+        self.scheduler_log = self.workdir / "kube-scheduler.log"
+        self.kwok_log = self.workdir / "kwok.log"
         self.port = 0
         self.etcd_port = 0
         self.etcd_peer_port = 0
         self.etcd: subprocess.Popen | None = None
         self.apiserver: subprocess.Popen | None = None
         self.kcm: subprocess.Popen | None = None
+        self.scheduler: subprocess.Popen | None = None
+        self.kwok: subprocess.Popen | None = None
         self.startup_seconds: float | None = None
         self._logs: list = []
 
@@ -227,7 +259,10 @@ class KubeEnv:
     @property
     def bin(self) -> Path:
         if self._bin_dir is None:
-            self._bin_dir = k8s_bin(*(["kube-controller-manager"] if self.controllers else []))
+            extra = ["kube-controller-manager"] if self.controllers else []
+            if self.nodes:
+                extra += ["kube-scheduler", "kwok"]
+            self._bin_dir = k8s_bin(*extra)
         return self._bin_dir
 
     @property
@@ -388,6 +423,80 @@ class KubeEnv:
             "--profiling=false",
         ]
 
+    def scheduler_command(self) -> list[str]:
+        return [
+            str(self.bin / "kube-scheduler"),
+            f"--kubeconfig={self.kubeconfig}",
+            f"--authentication-kubeconfig={self.kubeconfig}",
+            f"--authorization-kubeconfig={self.kubeconfig}",
+            "--leader-elect=false", "--secure-port=0",
+            "--kube-api-qps=500", "--kube-api-burst=1000",
+            "--profiling=false",
+        ]
+
+    def kwok_command(self) -> list[str]:
+        return [
+            str(self.bin / "kwok"),
+            f"--kubeconfig={self.kubeconfig}",
+            f"--config={self.kwok_stages}",
+            "--manage-all-nodes=false",
+            "--manage-nodes-with-annotation-selector=" + "=".join(KWOK_NODE_ANNOTATION),
+            # kwok renews each node's Lease (as a kubelet does), so the node lifecycle
+            # controller never marks the nodes NotReady; kwokctl's default is 40 too
+            "--node-lease-duration-seconds=40",
+            # pod IPs: keep clear of --service-cluster-ip-range (kwok's default is 10.0.0.0/24)
+            "--cidr=10.244.0.0/16",
+            f"--node-ip={HOST}",
+        ]
+
+    def node_manifest(self, name: str) -> dict:
+        res = dict(self.node_allocatable)
+        return {
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {
+                "name": name,
+                "annotations": {KWOK_NODE_ANNOTATION[0]: KWOK_NODE_ANNOTATION[1]},
+                "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
+                           "kubernetes.io/arch": "amd64", "type": "kwok"},
+            },
+            "status": {"allocatable": res, "capacity": dict(res)},
+        }
+
+    def add_nodes(self, count: int, start: int = 0, timeout: float = 30.0) -> list[str]:
+        """Create fake Nodes kwok-node-<start> .. and wait until kwok has made them Ready and
+        kube-controller-manager has lifted the not-ready taint (needs kwok running)."""
+        names = [f"kwok-node-{i}" for i in range(start, start + count)]
+        items = [self.node_manifest(n) for n in names]
+        self.kubectl("create", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
+                                                            "items": items}))
+        self._wait_nodes(names, time.monotonic() + timeout)
+        return names
+
+    def _wait_nodes(self, names: list[str], deadline: float) -> None:
+        pending = list(names)
+        while time.monotonic() < deadline:
+            for name, proc in (("kwok", self.kwok), ("kube-scheduler", self.scheduler),
+                               ("kube-controller-manager", self.kcm)):
+                if proc is not None and proc.poll() is not None:
+                    raise KubeEnvError(f"{name} exited with {proc.returncode}\n{self.log_tails()}")
+            still = []
+            for name in pending:
+                code, body = self.get(f"/api/v1/nodes/{name}")
+                node = json.loads(body) if code == 200 else {}
+                ready = any(c.get("type") == "Ready" and c.get("status") == "True"
+                            for c in node.get("status", {}).get("conditions", []))
+                tainted = any(t.get("key", "").startswith("node.kubernetes.io/")
+                              for t in node.get("spec", {}).get("taints", []))
+                if not ready or tainted:
+                    still.append(name)
+            pending = still
+            if not pending:
+                return
+            time.sleep(0.1)
+        raise KubeEnvError(f"nodes not Ready (or still tainted): {pending}\n"
+                           f"{self.kubectl('get', 'nodes', '-o', 'yaml', check=False).stdout[-3000:]}\n"
+                           f"{self.log_tails()}")
+
     def start(self, timeout: float = 60.0) -> "KubeEnv":
         """Generate the PKI, start etcd and kube-apiserver, wait for /readyz and the
         "default" namespace, write the kubeconfig. Raises KubeEnvError with log tails."""
@@ -414,6 +523,12 @@ class KubeEnv:
             if self.controllers:
                 self.kcm = self._spawn(self.kcm_command(), self.kcm_log)
                 self._wait_kcm(t0 + timeout)
+            if self.nodes:
+                if not self.kwok_stages.is_file():
+                    raise KubeEnvError(f"kwok stages file missing: {self.kwok_stages}")
+                self.scheduler = self._spawn(self.scheduler_command(), self.scheduler_log)
+                self.kwok = self._spawn(self.kwok_command(), self.kwok_log)
+                self.add_nodes(self.nodes, timeout=max(1.0, t0 + timeout - time.monotonic()))
         except BaseException:
             self.stop(timeout=5)
             raise
@@ -483,13 +598,14 @@ class KubeEnv:
         raise KubeEnvError(f"kube-controller-manager made no default ServiceAccount\n{self.log_tails()}")
 
     def alive(self) -> bool:
-        procs = (self.etcd, self.apiserver) + ((self.kcm,) if self.controllers else ())
+        procs = (self.etcd, self.apiserver) + ((self.kcm,) if self.controllers else ()) + (
+            (self.scheduler, self.kwok) if self.nodes else ())
         return all(p is not None and p.poll() is None for p in procs)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM kube-controller-manager, kube-apiserver, then etcd; SIGKILL whatever
-        outlives ``timeout``."""
-        for proc in (self.kcm, self.apiserver, self.etcd):
+        """SIGTERM kwok, kube-scheduler, kube-controller-manager, kube-apiserver, then etcd;
+        SIGKILL whatever outlives ``timeout``."""
+        for proc in (self.kwok, self.scheduler, self.kcm, self.apiserver, self.etcd):
             if proc is None or proc.poll() is not None:
                 continue
             proc.send_signal(signal.SIGTERM)
@@ -506,9 +622,11 @@ class KubeEnv:
 
     # -- logs -------------------------------------------------------------------
     def log_tails(self, lines: int = 40) -> str:
-        """The last lines of each log (kube-apiserver, etcd, kube-controller-manager), with
-        the noise every start logs left out, for failure messages."""
-        logs = [self.apiserver_log, self.etcd_log] + ([self.kcm_log] if self.controllers else [])
+        """The last lines of each log (kube-apiserver, etcd, kube-controller-manager,
+        kube-scheduler, kwok), with the noise every start logs left out, for failure
+        messages."""
+        logs = [self.apiserver_log, self.etcd_log] + ([self.kcm_log] if self.controllers else []) + (
+            [self.scheduler_log, self.kwok_log] if self.nodes else [])
         return "\n".join(f"--- {p} (last {lines} lines) ---\n{_tail(p, lines)}" for p in logs)
 
     # -- clients ----------------------------------------------------------------
@@ -550,7 +668,8 @@ class KubeEnv:
 def main(argv: list[str]) -> int:
     import tempfile
     workdir = Path(argv[1]) if len(argv) > 1 else Path(tempfile.mkdtemp(prefix="kubeenv-"))
-    env = KubeEnv(workdir, controllers=os.environ.get("KUBEENV_CONTROLLERS") == "1").start()
+    env = KubeEnv(workdir, controllers=os.environ.get("KUBEENV_CONTROLLERS") == "1",
+                  nodes=int(os.environ.get("KUBEENV_NODES", "0"))).start()
     print(f"kube-apiserver {env.server} ready in {env.startup_seconds:.1f} s\n"
           f"export KUBECONFIG={env.kubeconfig} PATH={env.bin}:$PATH\n"
           f"logs: {env.apiserver_log} {env.etcd_log}\nCtrl-C stops it.", flush=True)

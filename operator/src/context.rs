@@ -20,6 +20,9 @@ pub struct Context {
     pub nats: NatsPool,
     pub metrics: Metrics,
     pub backoff: Backoff,
+    /// argon2id runs at once at most (one per core): each takes ~19 MiB and tens of
+    /// milliseconds of CPU, and 1 000 new credentials must not mean 1 000 at once.
+    pub hashing: tokio::sync::Semaphore,
     recorder: Recorder,
 }
 
@@ -35,6 +38,9 @@ impl Context {
             nats: NatsPool::default(),
             metrics,
             backoff: Backoff::default(),
+            hashing: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(1, |n| n.get()),
+            ),
         }
     }
 

@@ -59,8 +59,12 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
+    // Few blocking threads: argon2 (19 MiB per hash) runs on them, and every thread that
+    // ever ran one keeps its malloc arena's memory; one per core bounds that.
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(cores.max(2))
         .build()?
         .block_on(run(args))
 }

@@ -147,6 +147,12 @@ pub enum HashKind {
 /// Which kind of hash `phc` is, or why it is not one the hub accepts.
 pub fn hash_kind(phc: &str) -> Result<HashKind, &'static str> {
     if phc.starts_with("$argon2id$") {
+        let parsed =
+            argon2::password_hash::PasswordHash::new(phc).map_err(|_| "malformed argon2id hash")?;
+        let params =
+            argon2::Params::try_from(&parsed).map_err(|_| "invalid argon2id parameters")?;
+        crate::argon::check_params(&params)
+            .map_err(|_| "argon2id costs too high (at most m=65536 KiB, t=16, p=8)")?;
         Ok(HashKind::Argon2id)
     } else if ["$2a$", "$2b$", "$2y$"].iter().any(|p| phc.starts_with(p)) && phc.len() == 60 {
         Ok(HashKind::Bcrypt)

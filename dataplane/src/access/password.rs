@@ -52,14 +52,7 @@ impl Verifier {
     /// The expensive check; run off the async threads.
     fn verify_slow(&self, password: &[u8]) -> bool {
         match self {
-            Self::Argon2(phc) => {
-                use argon2::password_hash::{PasswordHash, PasswordVerifier};
-                PasswordHash::new(phc).is_ok_and(|parsed| {
-                    argon2::Argon2::default()
-                        .verify_password(password, &parsed)
-                        .is_ok()
-                })
-            }
+            Self::Argon2(phc) => cmq_crds::argon::verify(password, phc),
             Self::Bcrypt(hash) => bcrypt::verify(password, hash).unwrap_or(false),
             Self::Plain(secret) => secret.ct_eq(password).into(),
         }

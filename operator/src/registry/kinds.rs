@@ -59,6 +59,11 @@ impl RegistryObject for DeviceCredential {
                     .ok_or_else(|| {
                         Error::Secret(format!("Secret {ns}/{} has no key {:?}", r.name, r.key))
                     })?;
+                let _permit = ctx
+                    .hashing
+                    .acquire()
+                    .await
+                    .map_err(|e| Error::Invalid(format!("hashing stopped: {e}")))?;
                 Some(hash_of(plain, current).await?)
             }
         };
@@ -74,13 +79,8 @@ async fn hash_of(plain: Vec<u8>, current: Option<&[u8]>) -> Result<String, Error
         .and_then(|c| kv::decode_credential(c).ok())
         .and_then(|c| c.spec.password.and_then(|p| p.hash));
     tokio::task::spawn_blocking(move || {
-        use argon2::password_hash::{PasswordHash, PasswordVerifier};
         if let Some(h) = existing
-            && PasswordHash::new(&h).is_ok_and(|parsed| {
-                argon2::Argon2::default()
-                    .verify_password(&plain, &parsed)
-                    .is_ok()
-            })
+            && cmq_crds::argon::verify(&plain, &h)
         {
             return Ok(h);
         }
