@@ -180,26 +180,6 @@ def operator_hub(kube, tmp_path):
         h.stop()
 
 
-@pytest.fixture
-def hub_factory(nats, tmp_path):
-    hubs = []
-
-    def start(cluster: str):
-        port, admin = free_port(), free_port()
-        p = Proc([CMQ_BIN, "hub", "--nats", nats.url, "--cluster", cluster, "--hub-id", "h1",
-                  "--mqtt-listen", f"127.0.0.1:{port}", "--ws-listen", "off",
-                  "--admin-listen", f"127.0.0.1:{admin}", "--auth-failure-limit", "0"],
-                 tmp_path / f"hub-{len(hubs)}.log")
-        p.port, p.admin_port = port, admin
-        hubs.append(p)
-        assert wait_until(lambda: http_get(admin, "/readyz")[0] == 200, 60), p.tail()
-        return p
-
-    yield start
-    for h in hubs:
-        h.stop()
-
-
 def connack(port: int, username: str, password: str, client_id: str = "e2e-dev") -> int | None:
     """The MQTT 5 CONNACK reason code mosquitto_pub reports (None if it got none)."""
     r = subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-V", "mqttv5", "-d",

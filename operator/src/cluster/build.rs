@@ -451,6 +451,11 @@ mod tests {
         c
     }
 
+    fn service_ports(ch: &Children) -> Vec<i32> {
+        let spec = ch.service.spec.as_ref().unwrap();
+        spec.ports.iter().flatten().map(|p| p.port).collect()
+    }
+
     const BASE: &str = r#"{"apiVersion":"cmq.io/v1alpha1","kind":"MqttCluster",
         "metadata":{"name":"demo","namespace":"iot"},
         "spec":{"nats":{"url":"nats://nats:4222","streamReplicas":3}}}"#;
@@ -492,16 +497,7 @@ mod tests {
             Some("/readyz")
         );
         assert!(ch.hpa.is_none());
-        let ports: Vec<i32> = ch
-            .service
-            .spec
-            .unwrap()
-            .ports
-            .unwrap()
-            .iter()
-            .map(|p| p.port)
-            .collect();
-        assert_eq!(ports, vec![1883, 8083]);
+        assert_eq!(service_ports(&ch), vec![1883, 8083]);
     }
 
     #[test]
@@ -519,19 +515,10 @@ mod tests {
             None,
             "the HPA owns replicas"
         );
-        let hpa = ch.hpa.unwrap().spec.unwrap();
+        let hpa = ch.hpa.clone().unwrap().spec.unwrap();
         assert_eq!((hpa.min_replicas, hpa.max_replicas), (Some(2), 6));
         assert_eq!(hpa.metrics.unwrap().len(), 2);
-        let ports: Vec<i32> = ch
-            .service
-            .spec
-            .unwrap()
-            .ports
-            .unwrap()
-            .iter()
-            .map(|p| p.port)
-            .collect();
-        assert_eq!(ports, vec![1883, 8083, 8883, 8084]);
+        assert_eq!(service_ports(&ch), vec![1883, 8083, 8883, 8084]);
         let sum = |ch: &Children| {
             ch.hub
                 .spec
