@@ -7,7 +7,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from conftest import OPERATOR_BIN, REPO, Proc, free_port, http_get, wait_until
+from conftest import OPERATOR_BIN, REPO, Proc, free_port, http_get, wait_until  # noqa: F401
 
 CHART = REPO / "charts" / "cmq"
 NS = "cmq-system"
@@ -75,3 +75,28 @@ def test_examples_are_valid(kube):
     kube.kubectl("create", "namespace", "iot", check=False)
     r = kube.kubectl("apply", "--dry-run=server", "-f", str(CHART / "examples"))
     assert r.stdout.count("(server dry run)") == 7, r.stdout
+
+
+def test_examples_applied_for_real(kube, operator):
+    """`kubectl apply -f examples/`: the operator builds every child from the example
+    cluster (its NATS address does not resolve here, and the status says so)."""
+    kube.kubectl("create", "namespace", "iot", check=False)
+    kube.kubectl("apply", "-f", str(CHART / "examples"))
+    get = lambda kind, name: json.loads(kube.kubectl("get", "-n", "iot", kind, name, "-o", "json",
+                                                     check=False).stdout or "null")
+    dep = wait_until(lambda: get("deployment", "demo-hub"), 60)
+    assert dep, "the example cluster's hub Deployment was not created"
+    pod = dep["spec"]["template"]["spec"]
+    mounts = {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    assert {"/etc/cmq", "/etc/cmq-tls", "/etc/cmq-client-ca"} <= mounts, mounts
+    assert pod["containers"][0]["resources"]["requests"]["cpu"] == "500m"
+    svc = wait_until(lambda: get("service", "demo-hub"), 30)
+    assert [p["port"] for p in svc["spec"]["ports"]] == [1883, 8083, 8883, 8084]
+    hpa = wait_until(lambda: get("hpa", "demo-hub"), 30)
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 12)
+    nats = wait_until(lambda: [c for c in (get("mqttcluster", "demo").get("status") or {}).get("conditions", [])
+                               if c["type"] == "NatsConnected"], 60)
+    assert nats and nats[0]["status"] == "False" and nats[0]["reason"] == "NatsUnavailable", nats
+    cred = wait_until(lambda: [c for c in (get("devicecredential", "sensor-1").get("status") or {})
+                               .get("conditions", []) if c["type"] == "Synced"], 90)
+    assert cred and cred[0]["status"] == "False" and cred[0]["reason"] == "NatsUnavailable", cred
