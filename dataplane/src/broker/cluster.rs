@@ -118,8 +118,15 @@ impl Broker {
         let will_left = will
             .as_ref()
             .map(|w| w.delay.min(expiry).saturating_sub(elapsed));
+        // A will capped by the session's expiry (and not yet due) goes with the session's
+        // end rather than on a timer racing it.
+        let with_end = expiry != 0
+            && expiry != u32::MAX
+            && will.as_ref().is_some_and(|w| w.delay >= expiry)
+            && will_left != Some(0);
+        let (end_will, will) = if with_end { (will, None) } else { (None, will) };
         if expiry != 0 {
-            self.schedule_shared_expiry(client_id.clone(), expiry_left);
+            self.schedule_shared_expiry(client_id.clone(), expiry_left, end_will);
         }
         let (Some(will), Some(left)) = (will, will_left) else {
             return;
@@ -520,7 +527,7 @@ impl Broker {
         }
         let Some(will) = will else {
             if timers {
-                self.schedule_shared_expiry(client_id, expiry);
+                self.schedule_shared_expiry(client_id, expiry, None);
             }
             return;
         };
@@ -531,11 +538,19 @@ impl Broker {
             }
             return;
         }
-        self.schedule_shared_expiry(client_id.clone(), expiry);
         if will.delay == 0 {
+            self.schedule_shared_expiry(client_id, expiry, None);
             self.publish_will(will).await;
             return;
         }
+        if expiry != u32::MAX && will.delay >= expiry {
+            // The session ends first (or at the same moment): the will goes with its end.
+            // Two timers of the same length would race, and the will's check would find
+            // the record already gone.
+            self.schedule_shared_expiry(client_id, expiry, Some(will));
+            return;
+        }
+        self.schedule_shared_expiry(client_id.clone(), expiry, None);
         let delay = Duration::from_secs(u64::from(will.delay.min(expiry)));
         let broker = self.clone();
         self.spawn_timer(
@@ -550,7 +565,13 @@ impl Broker {
     }
 
     /// Removes a session record this hub left, once its expiry passes without a resume.
-    fn schedule_shared_expiry(self: &Arc<Self>, client_id: Arc<str>, expiry: u32) {
+    /// `will`, if any, is published when the session ends.
+    fn schedule_shared_expiry(
+        self: &Arc<Self>,
+        client_id: Arc<str>,
+        expiry: u32,
+        will: Option<Will>,
+    ) {
         if expiry == u32::MAX {
             return;
         }
@@ -563,6 +584,9 @@ impl Broker {
                 if broker.state.sessions.expire(&client_id).await {
                     info!(client_id = %client_id, "session expired");
                     broker.state.sessions.retire(&client_id).await;
+                    if let Some(will) = will {
+                        broker.publish_will(will).await;
+                    }
                 }
             },
         );

@@ -113,7 +113,7 @@ def test_will_delay_capped_by_session_expiry(b):
     r.connect(uid("wds"), props={"session_expiry_interval": 1},
               will={"topic": topic, "payload": b"session-end", "qos": 1, "props": {"will_delay_interval": 60}})
     r.abort()
-    assert wait_for(lambda: w.payloads() == [b"session-end"], timeout=4)
+    assert wait_for(lambda: w.payloads() == [b"session-end"], timeout=4), w.payloads()
 
 
 def test_will_published_on_takeover_by_other_connection(b):
