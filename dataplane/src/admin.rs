@@ -12,12 +12,39 @@ use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Metrics;
+/// Something with Prometheus text to show.
+pub trait Render: Send + Sync {
+    fn render(&self) -> String;
+}
+
+impl Render for crate::metrics::Metrics {
+    fn render(&self) -> String {
+        crate::metrics::Metrics::render(self)
+    }
+}
+
+impl Render for crate::dispatch::metrics::DispatchMetrics {
+    fn render(&self) -> String {
+        crate::dispatch::metrics::DispatchMetrics::render(self)
+    }
+}
+
+/// Several metric sets on one page (standalone: the hub's and the rule engine's).
+pub struct Both(pub Arc<dyn Render>, pub Arc<dyn Render>);
+
+impl Render for Both {
+    fn render(&self) -> String {
+        let first = self.0.render();
+        // One OpenMetrics page ends with one "# EOF".
+        let head = first.strip_suffix("# EOF\n").unwrap_or(&first);
+        format!("{head}{}", self.1.render())
+    }
+}
 
 /// What the admin endpoint reports on.
 #[derive(Clone)]
 pub struct AdminState {
-    pub metrics: Arc<Metrics>,
+    pub metrics: Arc<dyn Render>,
     pub ready: Arc<AtomicBool>,
 }
 

@@ -73,6 +73,10 @@ pub struct HubArgs {
     /// How long SIGTERM waits for connections to close, in milliseconds.
     #[arg(long, env = "CMQ_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
     pub drain_timeout_ms: u64,
+    /// How long a QoS 1/2 publish waits for `sync` ForwardRules' sinks before it is
+    /// refused (MQTT 5 0x97), in milliseconds.
+    #[arg(long, env = "CMQ_SYNC_TIMEOUT_MS", default_value_t = 5_000)]
+    pub sync_timeout_ms: u64,
     /// On SIGTERM, spread the disconnects of the hub's clients evenly over this period (in
     /// milliseconds), so they reconnect to other hubs gradually rather than all at once.
     #[arg(long, env = "CMQ_DRAIN_PERIOD_MS", default_value_t = 0)]
@@ -208,7 +212,7 @@ pub enum ConfigError {
     },
 }
 
-fn parse_listen(flag: &'static str, value: &str) -> Result<Option<SocketAddr>, ConfigError> {
+pub fn parse_listen(flag: &'static str, value: &str) -> Result<Option<SocketAddr>, ConfigError> {
     if value.eq_ignore_ascii_case("off") || value.is_empty() {
         return Ok(None);
     }

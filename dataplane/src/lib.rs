@@ -1,5 +1,5 @@
-//! CMQ data plane: the hub (an MQTT 3.1/3.1.1/5.0 broker), its state layer, and the
-//! standalone mode that runs it in one process.
+//! CMQ data plane: the hub (an MQTT 3.1/3.1.1/5.0 broker), its state layer, dispatch (the
+//! ForwardRule engine), and the standalone mode that runs hub and dispatch in one process.
 
 pub mod access;
 pub mod admin;
@@ -7,6 +7,7 @@ pub mod broker;
 pub mod codec;
 pub mod config;
 pub mod connection;
+pub mod dispatch;
 pub mod listener;
 pub mod manifests;
 pub mod metrics;

@@ -20,6 +20,9 @@ enum Command {
     Standalone(cmq::server::StandaloneArgs),
     /// Run a hub of a cluster: state shared with the other hubs over NATS JetStream.
     Hub(cmq::server::ClusterHubArgs),
+    /// Run a dispatcher of a cluster: ForwardRules on the message streams, to Kafka,
+    /// NATS, HTTP or MQTT.
+    Dispatch(cmq::dispatch::cluster::DispatchArgs),
     /// Load-test an MQTT broker (CMQ or any other).
     Bench(cmq_loadgen::BenchArgs),
     /// Write DeviceCredentials and TopicAcls into a cluster's NATS KV (what the operator
@@ -29,6 +32,8 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // HTTP sinks (reqwest) use rustls with the process-wide provider: ring, as the listeners.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env()
@@ -45,6 +50,10 @@ fn main() -> anyhow::Result<()> {
         Command::Hub(args) => {
             let runtime = hub_runtime()?;
             runtime.block_on(cmq::server::run_cluster_hub(args))
+        }
+        Command::Dispatch(args) => {
+            let runtime = hub_runtime()?;
+            runtime.block_on(cmq::dispatch::cluster::run(args))
         }
         Command::Bench(args) => cmq_loadgen::run_blocking(args).map(|_| ()),
         Command::Registry(args) => {

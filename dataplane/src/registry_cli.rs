@@ -1,4 +1,4 @@
-//! `cmq registry`: writes DeviceCredentials and TopicAcls into a cluster's NATS KV buckets in
+//! `cmq registry`: writes DeviceCredentials, TopicAcls and ForwardRules into a cluster's NATS KV buckets in
 //! the shared encoding, as the operator does: a way to run a cluster without Kubernetes,
 //! and the tests' stand-in for the operator. Secret references are resolved from the
 //! Secrets in the same input and hashed with argon2id; plaintext never reaches NATS.
@@ -21,7 +21,8 @@ pub struct RegistryArgs {
 
 #[derive(Subcommand, Debug)]
 enum RegistryCommand {
-    /// Validates and writes every DeviceCredential and TopicAcl of a file or folder.
+    /// Validates and writes every DeviceCredential, TopicAcl and ForwardRule of a file or
+    /// folder.
     Apply {
         #[command(flatten)]
         target: Target,
@@ -48,6 +49,8 @@ enum Kind {
     DeviceCredential,
     #[value(name = "TopicAcl")]
     TopicAcl,
+    #[value(name = "ForwardRule")]
+    ForwardRule,
 }
 
 #[derive(Args, Debug)]
@@ -64,12 +67,8 @@ struct Target {
 }
 
 impl Target {
-    async fn buckets(
-        &self,
-    ) -> anyhow::Result<(
-        async_nats::jetstream::kv::Store,
-        async_nats::jetstream::kv::Store,
-    )> {
+    /// The credential, ACL and rule buckets.
+    async fn buckets(&self) -> anyhow::Result<[async_nats::jetstream::kv::Store; 3]> {
         let servers: Vec<async_nats::ServerAddr> = self
             .nats
             .split(',')
@@ -82,7 +81,12 @@ impl Target {
             .await
             .context("cannot connect to NATS")?;
         let js = async_nats::jetstream::new(client);
-        Ok(open_buckets(&js, &self.cluster, self.stream_replicas.max(1)).await?)
+        let replicas = self.stream_replicas.max(1);
+        let (credentials, acls) = open_buckets(&js, &self.cluster, replicas).await?;
+        let rules = crate::dispatch::rules_watch::open(&js, &self.cluster, replicas)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        Ok([credentials, acls, rules])
     }
 }
 
@@ -96,10 +100,11 @@ pub async fn run(args: RegistryArgs) -> anyhow::Result<()> {
             name,
             namespace,
         } => {
-            let (credentials, acls) = target.buckets().await?;
+            let [credentials, acls, rules] = target.buckets().await?;
             let store = match kind {
                 Kind::DeviceCredential => credentials,
                 Kind::TopicAcl => acls,
+                Kind::ForwardRule => rules,
             };
             store
                 .delete(kv::entry_key(&namespace, &name))
@@ -140,7 +145,7 @@ async fn apply(target: &Target, file: &std::path::Path) -> anyhow::Result<()> {
             None => None,
         };
         let bytes = kv::encode_credential(c, hash.as_deref())?;
-        entries.push((false, kv::entry_key(&ns, &name), bytes));
+        entries.push((Kind::DeviceCredential, kv::entry_key(&ns, &name), bytes));
     }
     for l in &m.acls {
         let a = &l.resource;
@@ -150,26 +155,47 @@ async fn apply(target: &Target, file: &std::path::Path) -> anyhow::Result<()> {
             .clone()
             .unwrap_or_else(|| "default".into());
         let name = a.metadata.name.clone().unwrap_or_default();
-        entries.push((true, kv::entry_key(&ns, &name), kv::encode_acl(a)?));
+        entries.push((
+            Kind::TopicAcl,
+            kv::entry_key(&ns, &name),
+            kv::encode_acl(a)?,
+        ));
+    }
+    for l in &m.rules {
+        let r = &l.resource;
+        let ns = manifests::namespace(&r.metadata);
+        let name = manifests::name(&r.metadata);
+        // The dispatchers would skip a rule that does not parse: say so now.
+        cmq_rules::Rule::parse(&r.spec.sql).with_context(|| {
+            format!(
+                "invalid ForwardRule {ns}/{name} in {}: spec.sql",
+                l.path.display()
+            )
+        })?;
+        entries.push((
+            Kind::ForwardRule,
+            kv::entry_key(&ns, &name),
+            kv::encode_rule(r)?,
+        ));
     }
     if entries.is_empty() {
-        bail!("{} holds no DeviceCredential or TopicAcl", file.display());
+        bail!(
+            "{} holds no DeviceCredential, TopicAcl or ForwardRule",
+            file.display()
+        );
     }
-    let (credentials, acls) = target.buckets().await?;
-    for (is_acl, key, bytes) in entries {
-        let store = if is_acl { &acls } else { &credentials };
+    let [credentials, acls, rules] = target.buckets().await?;
+    for (kind, key, bytes) in entries {
+        let store = match kind {
+            Kind::DeviceCredential => &credentials,
+            Kind::TopicAcl => &acls,
+            Kind::ForwardRule => &rules,
+        };
         store
             .put(&key, bytes.into())
             .await
             .with_context(|| format!("cannot write {key}"))?;
-        println!(
-            "applied {} {key}",
-            if is_acl {
-                "TopicAcl"
-            } else {
-                "DeviceCredential"
-            }
-        );
+        println!("applied {kind:?} {key}");
     }
     Ok(())
 }

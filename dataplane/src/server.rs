@@ -16,6 +16,9 @@ use crate::access::Access;
 use crate::admin::{self, AdminState};
 use crate::broker::Broker;
 use crate::config::HubArgs;
+use crate::dispatch::local::{BrokerRepublisher, LocalForwarder};
+use crate::dispatch::rules::SinkFactory;
+use crate::dispatch::{self, engine::Engine, gate::RemoteGate, metrics::DispatchMetrics};
 use crate::listener::{self, ListenerKind};
 use crate::manifests;
 use crate::metrics::Metrics;
@@ -78,7 +81,8 @@ pub async fn run_cluster_hub(args: ClusterHubArgs) -> anyhow::Result<()> {
     run(args.hub, nats.state(), Some(nats), "hub").await
 }
 
-fn default_hub_id() -> String {
+/// The host name when it is a valid id, else a random one.
+pub fn default_hub_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_default();
@@ -115,8 +119,38 @@ async fn run(
     let broker = Broker::new(limits, state, metrics.clone(), access.clone());
     // Watchers of the registry sources and TLS files; stopped last.
     let background = CancellationToken::new();
+    let dispatch_metrics = Arc::new(DispatchMetrics::new());
+    // The standalone rule engine: stopped once the connections are gone.
+    let engine_stop = CancellationToken::new();
+    let engine_tasks = TaskTracker::new();
+    let mut factory = None;
+    let sync_timeout = Duration::from_millis(args.sync_timeout_ms.max(1));
     match &nats {
         None => {
+            let engine = Arc::new(Engine::new(dispatch_metrics.clone(), mode));
+            let republisher = Arc::new(BrokerRepublisher(Arc::downgrade(&broker)));
+            let sinks = Arc::new(SinkFactory::new(
+                dispatch_metrics.clone(),
+                None,
+                republisher,
+            ));
+            let forwarder = LocalForwarder::start(
+                engine.clone(),
+                sync_timeout,
+                engine_stop.clone(),
+                &engine_tasks,
+            );
+            broker.set_forwarder(forwarder);
+            let (rules_tx, rules_rx) = tokio::sync::watch::channel(Some(manifests.stored_rules()));
+            let (reports_tx, _) = tokio::sync::watch::channel(Vec::new());
+            tokio::spawn(dispatch::follow(
+                sinks.clone(),
+                engine,
+                rules_rx,
+                reports_tx,
+                background.clone(),
+            ));
+            factory = Some(sinks);
             if let Some(dir) = &args.manifests {
                 broker.update_access(manifests::access_inputs(&manifests)?);
                 let every = Duration::from_millis(args.manifests_reload_ms);
@@ -124,6 +158,7 @@ async fn run(
                     dir.clone(),
                     every,
                     broker.clone(),
+                    rules_tx,
                     background.clone(),
                 ));
             }
@@ -145,6 +180,31 @@ async fn run(
             nats.watch_registry(auth, apply, metrics.access.clone(), background.clone())
                 .await
                 .context("cannot read the registry from NATS KV")?;
+            // `sync` ForwardRules: which publishes wait for the dispatchers.
+            let config = nats.config();
+            let store =
+                dispatch::rules_watch::open(nats.jetstream(), &config.cluster, config.replicas)
+                    .await
+                    .map_err(anyhow::Error::msg)?;
+            let (rules_tx, mut rules_rx) = tokio::sync::watch::channel(None);
+            tokio::spawn(dispatch::rules_watch::follow(
+                store,
+                rules_tx,
+                background.clone(),
+            ));
+            tokio::time::timeout(Duration::from_secs(30), rules_rx.wait_for(Option::is_some))
+                .await
+                .context("timed out reading the rules bucket")?
+                .context("rules watch ended")?;
+            let gate = RemoteGate::start(
+                nats.client().clone(),
+                &config.cluster,
+                &config.hub_id,
+                sync_timeout + Duration::from_secs(1),
+                rules_rx,
+                background.clone(),
+            );
+            broker.set_forwarder(gate);
         }
     }
     if access.snapshot().allow_anonymous {
@@ -186,8 +246,12 @@ async fn run(
                 .await
                 .with_context(|| format!("cannot listen on {addr} (admin)"))?;
             info!(%addr, "admin endpoint on /metrics, /healthz, /readyz");
+            let page: Arc<dyn admin::Render> = match &nats {
+                None => Arc::new(admin::Both(metrics.clone(), dispatch_metrics.clone())),
+                Some(_) => metrics.clone(),
+            };
             let state = AdminState {
-                metrics: metrics.clone(),
+                metrics: page,
                 ready: ready.clone(),
             };
             Some(tokio::spawn(admin::serve(
@@ -221,6 +285,20 @@ async fn run(
         );
     }
     broker.shutdown().await;
+    // Messages already handed to the rule engine get their writes finished (bounded).
+    engine_stop.cancel();
+    engine_tasks.close();
+    if tokio::time::timeout(drain, engine_tasks.wait())
+        .await
+        .is_err()
+    {
+        warn!("drain timeout passed with forward rule writes in flight");
+    }
+    if let Some(factory) = &factory {
+        for producer in factory.kafka_producers() {
+            producer.flush(Duration::from_secs(5));
+        }
+    }
     background.cancel();
     if let Some(nats) = &nats {
         nats.close().await;
@@ -233,7 +311,8 @@ async fn run(
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn wait_for_signal() -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
     tokio::select! {

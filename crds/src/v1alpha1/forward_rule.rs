@@ -1,5 +1,5 @@
 //! `ForwardRule`: which messages the dispatchers forward, reshaped how, to which sinks.
-//! The rule engine behind it is the dispatch issue's; this is its API.
+//! The engine behind it is `cmq::dispatch`; the SQL is `cmq_rules`.
 
 use std::collections::BTreeMap;
 
@@ -136,9 +136,13 @@ pub struct NatsSink {
     pub url: Option<String>,
     /// Subject template.
     pub subject: String,
-    /// Publish through JetStream and wait for its acknowledgement (default true).
+    /// Publish through JetStream and wait for its acknowledgement (default true); the
+    /// message id goes in `Nats-Msg-Id`, so the stream drops redeliveries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jetstream: Option<bool>,
+    /// Payload template (default `${.}`: the rule's output as JSON).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<String>,
 }
 
 /// An HTTP webhook: 5xx and timeouts are retried, 4xx go to the dead letter.
@@ -154,6 +158,9 @@ pub struct HttpSink {
     /// Default 5 000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// Body template (default `${.}`: the rule's output as JSON).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
 }
 
 /// Back into MQTT (a rule's own output is never matched by it again).
@@ -167,6 +174,10 @@ pub struct MqttSink {
     pub qos: Option<u8>,
     #[serde(default)]
     pub retain: bool,
+    /// Payload template (default `${.}`: the rule's output as JSON; `${payload}`: the
+    /// original payload).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<String>,
 }
 
 /// What the operator and the dispatchers report about a rule.
@@ -178,9 +189,12 @@ pub struct ForwardRuleStatus {
     /// `Valid` (with the SQL parse error's position when not) and `Synced`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
-    /// Totals over the dispatchers.
+    /// Totals over the dispatchers (each counts since it started).
     #[serde(default)]
     pub counters: RuleCounters,
+    /// Dispatchers that reported on the rule in the last minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dispatchers: Option<u32>,
 }
 
 /// Message counts of a rule.

@@ -79,6 +79,11 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// The username as presented (verified only when a credential matched).
+    pub fn username(&self) -> Option<&str> {
+        self.presented_username.as_deref()
+    }
+
     fn presented(&self) -> Presented<'_> {
         Presented {
             client_id: &self.client_id,

@@ -28,6 +28,8 @@ pub struct Message {
     pub origin: Option<Origin>,
     /// Where the cluster stored it (QoS 1/2 in cluster mode), for session cursors.
     pub stored: Option<StreamPos>,
+    /// The ForwardRule that republished it (that rule never matches it again).
+    pub rule: Option<Arc<str>>,
 }
 
 /// Who published a message.
@@ -36,6 +38,8 @@ pub struct Origin {
     /// The publishing session on this hub (0 when it is on another hub).
     pub session: SessionId,
     pub client_id: Arc<str>,
+    /// The username the client presented, for the rule engine.
+    pub username: Option<Arc<str>>,
 }
 
 impl Origin {

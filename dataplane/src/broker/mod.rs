@@ -29,6 +29,23 @@ pub use will::Will;
 
 use subscriptions::Subscriptions;
 
+/// The rule engine (ForwardRules) as the hub sees it.
+pub trait Forwarder: Send + Sync {
+    /// Whether a `sync` rule must take a QoS 1/2 message on `topic` before the publisher
+    /// is acknowledged.
+    fn gates(&self, topic: &str) -> bool;
+    /// Forwards `message` through the `sync` rules: resolves once their required sinks
+    /// confirmed it, or with the reason they cannot take it now.
+    fn gate(
+        &self,
+        message: Arc<Message>,
+    ) -> futures_util::future::BoxFuture<'_, Result<(), String>>;
+    /// Hands a published message to the `async` rules (standalone: in process; in a
+    /// cluster the dispatchers read the streams instead and this does nothing). A future
+    /// comes back when the publisher must wait for room (QoS 1/2 is never dropped here).
+    fn forward(&self, message: &Arc<Message>) -> Option<futures_util::future::BoxFuture<'_, ()>>;
+}
+
 /// Shared core of one hub.
 pub struct Broker {
     pub limits: Limits,
@@ -46,6 +63,8 @@ pub struct Broker {
     timers: TaskTracker,
     /// Itself, for work the cluster hands over by reference.
     me: std::sync::Weak<Broker>,
+    /// The rule engine, once set up.
+    forwarder: std::sync::OnceLock<Arc<dyn Forwarder>>,
 }
 
 impl Broker {
@@ -68,7 +87,18 @@ impl Broker {
             shutdown: CancellationToken::new(),
             timers: TaskTracker::new(),
             me: me.clone(),
+            forwarder: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Puts the rule engine in place (once; it needs the broker to republish into).
+    pub fn set_forwarder(&self, forwarder: Arc<dyn Forwarder>) {
+        let _ = self.forwarder.set(forwarder);
+    }
+
+    /// The rule engine, if any.
+    pub fn forwarder(&self) -> Option<&Arc<dyn Forwarder>> {
+        self.forwarder.get()
     }
 
     /// Takes a connection slot, or `None` when the hub is at its connection limit.
@@ -123,6 +153,9 @@ impl Broker {
                 continue;
             }
             self.wait_for_room(&session, delivery).await;
+        }
+        if let Some(wait) = self.forwarder.get().and_then(|f| f.forward(&message)) {
+            wait.await;
         }
         if self.state.bus.is_remote() {
             self.state.bus.publish(message).await?;

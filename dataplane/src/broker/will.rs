@@ -64,6 +64,7 @@ impl Will {
             expires_at: Message::expiry_from(self.expiry_interval, now),
             origin: None,
             stored: None,
+            rule: None,
         })
     }
 }

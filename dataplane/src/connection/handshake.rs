@@ -276,7 +276,11 @@ async fn accept<'a>(
             .and_then(|p| p.max_packet_size)
             .map_or(usize::MAX, |v| v as usize),
         client_topic_alias_maximum: p.and_then(|p| p.topic_alias_max).unwrap_or(0),
-        access: Box::new(super::ConnAccess { principal, grant }),
+        access: Box::new(super::ConnAccess {
+            username: principal.username().map(std::sync::Arc::from),
+            principal,
+            grant,
+        }),
         claim,
         leftover,
         out,

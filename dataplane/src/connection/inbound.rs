@@ -17,6 +17,10 @@ use crate::broker::{Message, Origin, Queued, SubOptions, SubscribeError};
 use crate::codec;
 use crate::state::StateError;
 
+/// How long a 3.1.1 publisher's acknowledgement may wait for `sync` rules' sinks before
+/// its connection is closed.
+const SYNC_WAIT_311: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl Connection {
     pub(super) async fn handle(&mut self, packet: Packet) -> Result<(), Exit> {
         match packet {
@@ -192,9 +196,14 @@ impl Connection {
             origin: Some(Origin {
                 session: self.claim.session.id,
                 client_id: self.claim.session.client_id.clone(),
+                username: self.access.username.clone(),
             }),
             stored: None,
+            rule: None,
         });
+        if p.qos != QoS::AtMostOnce && !self.pass_sync_rules(&message, p.qos, p.pkid).await? {
+            return Ok(());
+        }
         if pipelined {
             return self.publish_pipelined(message, p.qos, p.pkid).await;
         }
@@ -219,6 +228,53 @@ impl Connection {
             (qos, Err(_)) => self.nack_with(qos, p.pkid, 0x80),
         }
         Ok(())
+    }
+
+    /// `sync` ForwardRules take a QoS 1/2 message before anyone else sees it. When their
+    /// sinks cannot (down, saturated), an MQTT 5 publisher gets 0x97 (quota exceeded) and
+    /// the message is not published; 3.1.1 has no refusal, so its acknowledgement waits
+    /// (and the client's in-flight window stops it) until the sinks take the message.
+    /// Returns whether the message may go on.
+    async fn pass_sync_rules(
+        &mut self,
+        message: &Arc<Message>,
+        qos: QoS,
+        pkid: u16,
+    ) -> Result<bool, Exit> {
+        let Some(forwarder) = self.broker.forwarder().cloned() else {
+            return Ok(true);
+        };
+        if !forwarder.gates(&message.topic) {
+            return Ok(true);
+        }
+        let mut wait = std::time::Duration::from_millis(100);
+        let give_up = Instant::now() + SYNC_WAIT_311;
+        loop {
+            let result = tokio::select! {
+                r = forwarder.gate(message.clone()) => r,
+                _ = self.claim.kicked.cancelled() => return Err(Exit::TakenOver),
+            };
+            let Err(reason) = result else {
+                return Ok(true);
+            };
+            debug!(topic = %message.topic, reason, "a sync rule cannot take the message");
+            if self.version.is_v5() {
+                self.nack_with(qos, pkid, 0x97);
+                return Ok(false);
+            }
+            if Instant::now() >= give_up {
+                // Unacknowledged, so the client sends it again after reconnecting.
+                return Err(Exit::violation(
+                    Dr::QuotaExceeded,
+                    "sync rule sinks unavailable for too long",
+                ));
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.claim.kicked.cancelled() => return Err(Exit::TakenOver),
+            }
+            wait = (wait * 2).min(std::time::Duration::from_secs(5));
+        }
     }
 
     /// Cluster mode, QoS 1/2: sends the message to its stream and goes on reading; the

@@ -210,6 +210,8 @@ pub struct ConnAccess {
     pub principal: crate::access::Principal,
     /// As of `grant.verdicts.generation` of the registry.
     pub grant: crate::access::Grant,
+    /// The presented username, shared by the connection's messages (rule engine).
+    pub username: Option<std::sync::Arc<str>>,
 }
 
 /// A connection with a session.

@@ -1,6 +1,6 @@
 //! Resource YAML for standalone mode: the same files `kubectl apply` takes. `MqttCluster`
-//! (listeners, limits, auth defaults), `DeviceCredential`, `TopicAcl`, and the `Secret`s
-//! credentials refer to; other kinds are left for their issues.
+//! (listeners, limits, auth defaults), `DeviceCredential`, `TopicAcl`, `ForwardRule`, and
+//! the `Secret`s credentials refer to.
 
 mod access;
 mod watch;
@@ -8,7 +8,8 @@ mod watch;
 use std::path::{Path, PathBuf};
 
 use cmq_crds::FieldError;
-use cmq_crds::v1alpha1::{DeviceCredential, MqttCluster, TopicAcl};
+use cmq_crds::kv::StoredRule;
+use cmq_crds::v1alpha1::{DeviceCredential, ForwardRule, MqttCluster, TopicAcl};
 use k8s_openapi::api::core::v1::Secret;
 
 pub use access::{access_inputs, name, namespace, secret_value};
@@ -58,7 +59,22 @@ pub struct Manifests {
     pub cluster: Option<MqttCluster>,
     pub credentials: Vec<Located<DeviceCredential>>,
     pub acls: Vec<Located<TopicAcl>>,
+    pub rules: Vec<Located<ForwardRule>>,
     pub secrets: Vec<Located<Secret>>,
+}
+
+impl Manifests {
+    /// The ForwardRules as the rule engine takes them.
+    pub fn stored_rules(&self) -> Vec<StoredRule> {
+        self.rules
+            .iter()
+            .map(|r| StoredRule {
+                namespace: namespace(&r.resource.metadata),
+                name: name(&r.resource.metadata),
+                spec: r.resource.spec.clone(),
+            })
+            .collect()
+    }
 }
 
 /// A resource and the file it came from (for error messages).
@@ -146,6 +162,7 @@ pub fn load(dir: &Path) -> Result<Manifests, ManifestError> {
                 }
                 "DeviceCredential" => manifests.credentials.push(parse(&path, &meta.kind, value)?),
                 "TopicAcl" => manifests.acls.push(parse(&path, &meta.kind, value)?),
+                "ForwardRule" => manifests.rules.push(parse(&path, &meta.kind, value)?),
                 "Secret" => manifests.secrets.push(parse(&path, &meta.kind, value)?),
                 other => {
                     debug!(path = %path.display(), kind = other, "resource kind not used by standalone mode yet")
@@ -167,7 +184,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(
             dir.join("a.yaml"),
-            "apiVersion: cmq.io/v1alpha1\nkind: MqttCluster\nmetadata: {name: x}\nspec:\n  hub:\n    limits: {maxConnections: 7}\n---\nkind: ForwardRule\n",
+            "apiVersion: cmq.io/v1alpha1\nkind: MqttCluster\nmetadata: {name: x}\nspec:\n  hub:\n    limits: {maxConnections: 7}\n---\nkind: Deployment\n",
         )
         .unwrap();
         let m = load(&dir).unwrap();

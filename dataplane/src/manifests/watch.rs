@@ -9,6 +9,8 @@ use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use cmq_crds::kv::StoredRule;
+
 use crate::access::Inputs;
 use crate::broker::Broker;
 
@@ -27,17 +29,20 @@ fn stamp(dir: &Path) -> Stamp {
         .collect()
 }
 
-/// Loads the folder's credentials and ACLs.
-pub fn load_inputs(dir: &Path) -> Result<Inputs, super::ManifestError> {
-    super::access_inputs(&super::load(dir)?)
+/// Loads the folder's credentials and ACLs, and its ForwardRules.
+pub fn load_inputs(dir: &Path) -> Result<(Inputs, Vec<StoredRule>), super::ManifestError> {
+    let manifests = super::load(dir)?;
+    Ok((super::access_inputs(&manifests)?, manifests.stored_rules()))
 }
 
-/// Polls `dir` every `every` until `shutdown`, putting each valid new state in force. An
-/// invalid state is logged with its file and field; the last good state stays.
+/// Polls `dir` every `every` until `shutdown`, putting each valid new state in force (the
+/// rules through `rules`). An invalid state is logged with its file and field; the last
+/// good state stays.
 pub async fn watch(
     dir: PathBuf,
     every: Duration,
     broker: Arc<Broker>,
+    rules: tokio::sync::watch::Sender<Option<Vec<StoredRule>>>,
     shutdown: CancellationToken,
 ) {
     if every.is_zero() {
@@ -56,9 +61,10 @@ pub async fn watch(
         }
         last = now;
         match load_inputs(&dir) {
-            Ok(inputs) => {
-                info!(dir = %dir.display(), "manifests changed; registry reloaded");
+            Ok((inputs, stored)) => {
+                info!(dir = %dir.display(), "manifests changed; registry and rules reloaded");
                 broker.update_access(inputs);
+                rules.send_replace(Some(stored));
                 metrics.reload("ok");
             }
             Err(e) => {

@@ -1,9 +1,11 @@
-//! The two registry kinds: how each is encoded for the KV.
+//! The registry kinds: how each is encoded for the KV (and, for ForwardRule, its `Valid`
+//! condition and the dispatchers' counts).
 
 use cmq_crds::kv;
-use cmq_crds::v1alpha1::{DeviceCredential, ForwardRule, TopicAcl};
+use cmq_crds::v1alpha1::{DeviceCredential, ForwardRule, RuleCounters, TopicAcl};
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::Api;
 
@@ -126,6 +128,60 @@ impl RegistryObject for ForwardRule {
     }
 
     async fn encode(&self, _ctx: &Context, _current: Option<&[u8]>) -> Result<Vec<u8>, Error> {
+        // An invalid statement is stored too: the dispatchers skip it, and the `Valid`
+        // condition says where it is wrong.
         kv::encode_rule(self).map_err(|e| Error::Invalid(e.to_string()))
     }
+
+    fn extra_conditions(&self, generation: Option<i64>) -> Vec<Condition> {
+        let (status, reason, message) = match cmq_rules::Rule::parse(&self.spec.sql) {
+            Ok(rule) => (
+                "True",
+                "Parsed",
+                format!("selects from {}", rule.sources().join(", ")),
+            ),
+            Err(e) => ("False", "SqlError", format!("spec.sql: {e}")),
+        };
+        vec![Condition {
+            type_: "Valid".into(),
+            status: status.into(),
+            reason: reason.into(),
+            message,
+            observed_generation: generation,
+            last_transition_time: Time(Timestamp::now()),
+        }]
+    }
+
+    fn report_bucket(cluster: &str) -> Option<String> {
+        Some(format!("cmq_{cluster}_rule_status"))
+    }
+
+    fn observed(&self, reports: &[Vec<u8>]) -> Option<serde_json::Value> {
+        let mut counters = RuleCounters::default();
+        let mut dispatchers = 0;
+        for report in reports {
+            let Ok(r) = serde_json::from_slice::<DispatcherReport>(report) else {
+                continue;
+            };
+            dispatchers += 1;
+            counters.matched += r.matched;
+            counters.forwarded += r.forwarded;
+            counters.failed += r.failed;
+            counters.dropped += r.dropped;
+        }
+        Some(serde_json::json!({ "counters": counters, "dispatchers": dispatchers }))
+    }
+}
+
+/// What one dispatcher reports on one rule (`cmq::dispatch::cluster::report`).
+#[derive(serde::Deserialize)]
+struct DispatcherReport {
+    #[serde(default)]
+    matched: u64,
+    #[serde(default)]
+    forwarded: u64,
+    #[serde(default)]
+    failed: u64,
+    #[serde(default)]
+    dropped: u64,
 }

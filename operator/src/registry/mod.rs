@@ -56,6 +56,20 @@ pub trait RegistryObject:
         None
     }
     fn conditions(&self) -> &[Condition];
+    /// Conditions besides `Synced` (ForwardRule: `Valid`).
+    fn extra_conditions(&self, _generation: Option<i64>) -> Vec<Condition> {
+        Vec::new()
+    }
+    /// The bucket where the data plane reports on objects of this kind (ForwardRule:
+    /// the dispatchers' per-rule counts), read back into the status.
+    fn report_bucket(_cluster: &str) -> Option<String> {
+        None
+    }
+    /// The status fields besides the conditions, from the data plane's reports
+    /// (`reports`: every report on this object), and whether they changed.
+    fn observed(&self, _reports: &[Vec<u8>]) -> Option<serde_json::Value> {
+        None
+    }
     /// The entry's bytes; `current` is what the bucket holds now (to keep a password hash
     /// that still verifies instead of re-hashing on every reconcile).
     fn encode(
@@ -144,8 +158,16 @@ async fn apply<K: RegistryObject>(
     ctx: &Context,
 ) -> Result<Action, Error> {
     let outcome = sync(&*obj, ctx).await;
-    let condition = status::synced(&outcome, obj.meta().generation);
-    let changed = status::patch_if_changed(api, &*obj, obj.conditions(), condition).await?;
+    let generation = obj.meta().generation;
+    let mut conditions = vec![status::synced(&outcome, generation)];
+    conditions.extend(obj.extra_conditions(generation));
+    let observed = match &outcome {
+        Ok(_) => observe(&*obj, ctx).await,
+        Err(_) => None,
+    };
+    let changed =
+        status::patch_if_changed(api, &*obj, obj.conditions(), conditions, observed.clone())
+            .await?;
     if changed {
         let (type_, reason, note) = match &outcome {
             Ok(bucket) => (
@@ -170,6 +192,10 @@ async fn apply<K: RegistryObject>(
     match outcome {
         Ok(_) => {
             ctx.backoff.succeeded(&ObjectRef::from_obj(&*obj).erase());
+            if K::report_bucket("").is_some() {
+                // The reports change without the object: look again.
+                return Ok(Action::requeue(REPORT_EVERY));
+            }
             Ok(Action::await_change())
         }
         // Nothing to retry until the spec changes; the condition says why.
@@ -221,6 +247,35 @@ async fn sync<K: RegistryObject>(obj: &K, ctx: &Context) -> Result<String, Error
         info!(bucket, key, "entry written");
     }
     Ok(bucket)
+}
+
+/// How often the data plane's reports are read into the status.
+const REPORT_EVERY: Duration = Duration::from_secs(10);
+
+/// The data plane's reports on `obj` (keys `<namespace>/<name>/<reporter>`), turned into
+/// status fields; `None` when there is nothing to report or the reports cannot be read.
+async fn observe<K: RegistryObject>(obj: &K, ctx: &Context) -> Option<serde_json::Value> {
+    let ns = obj.namespace().unwrap_or_default();
+    let name = K::report_bucket(&kv::cluster_name(&ns, obj.cluster_ref()))?;
+    let cluster = Api::<MqttCluster>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(obj.cluster_ref())
+        .await
+        .ok()??;
+    let nats = cluster.spec.nats.as_ref()?;
+    let replicas = usize::from(nats.stream_replicas.unwrap_or(1));
+    let store = ctx.nats.bucket(&nats.url, &name, replicas).await.ok()?;
+    let prefix = format!("{}/", kv::entry_key(&ns, &obj.name_any()));
+    let mut keys = store.keys().await.ok()?;
+    let mut reports = Vec::new();
+    while let Some(key) = keys.next().await {
+        let Ok(key) = key else { break };
+        if key.starts_with(&prefix)
+            && let Ok(Some(value)) = store.get(&key).await
+        {
+            reports.push(value.to_vec());
+        }
+    }
+    obj.observed(&reports)
 }
 
 /// Removes the entry; a cluster that is gone has nothing left to clean.

@@ -39,34 +39,61 @@ pub fn differs(old: Option<&Condition>, new: &Condition) -> bool {
     })
 }
 
-/// Writes the status when the condition changed; returns whether it did.
+/// Writes the status when a condition or an observed field changed; returns whether a
+/// condition did (for Events). `observed`: other status fields (an object).
 pub async fn patch_if_changed<K: RegistryObject>(
     api: &Api<K>,
     obj: &K,
     conditions: &[Condition],
-    mut condition: Condition,
+    mut new: Vec<Condition>,
+    observed: Option<serde_json::Value>,
 ) -> Result<bool, Error> {
-    let old = conditions.iter().find(|c| c.type_ == condition.type_);
-    if !differs(old, &condition) {
+    let mut changed = false;
+    for condition in &mut new {
+        let old = conditions.iter().find(|c| c.type_ == condition.type_);
+        changed |= differs(old, condition);
+        if let Some(o) = old
+            && o.status == condition.status
+        {
+            // The transition time moves only when the status does.
+            condition.last_transition_time = o.last_transition_time.clone();
+        }
+    }
+    let current = serde_json::to_value(obj).ok();
+    let fields_changed = observed
+        .as_ref()
+        .and_then(|o| o.as_object())
+        .is_some_and(|fields| {
+            fields.iter().any(|(k, v)| {
+                current
+                    .as_ref()
+                    .and_then(|c| c.get("status"))
+                    .and_then(|s| s.get(k))
+                    != Some(v)
+            })
+        });
+    if !changed && !fields_changed {
         return Ok(false);
     }
-    if let Some(o) = old
-        && o.status == condition.status
-    {
-        // The transition time moves only when the status does.
-        condition.last_transition_time = o.last_transition_time.clone();
-    }
-    let status = serde_json::json!({
+    let mut status = serde_json::json!({
         "observedGeneration": obj.meta().generation,
-        "conditions": [condition],
+        "conditions": new,
     });
+    if let (Some(fields), Some(out)) = (
+        observed.as_ref().and_then(|o| o.as_object()),
+        status.as_object_mut(),
+    ) {
+        for (k, v) in fields {
+            out.insert(k.clone(), v.clone());
+        }
+    }
     api.patch_status(
         &obj.name_any(),
         &status_params(),
         &status_patch::<K>(status),
     )
     .await?;
-    Ok(true)
+    Ok(changed)
 }
 
 #[cfg(test)]

@@ -10,6 +10,8 @@
 //! | `Cmq-Retain` | `1` when published with RETAIN |
 //! | `Cmq-Expires` | absolute expiry, Unix milliseconds (MQTT 5 message expiry) |
 //! | `Cmq-Props` | MQTT 5 properties as JSON, non-ASCII escaped (`\uXXXX`) |
+//! | `Cmq-User` | publishing client's username, escaped like the client id (rule engine) |
+//! | `Cmq-Rule` | the ForwardRule that republished the message (loop guard) |
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -28,6 +30,8 @@ const QOS: &str = "Cmq-Qos";
 const RETAIN: &str = "Cmq-Retain";
 const EXPIRES: &str = "Cmq-Expires";
 const PROPS: &str = "Cmq-Props";
+const USER: &str = "Cmq-User";
+const RULE: &str = "Cmq-Rule";
 
 /// MQTT 5 properties carried with a message.
 #[derive(Serialize, Deserialize, Default)]
@@ -58,6 +62,12 @@ pub fn encode(message: &Message, hub: &str) -> HeaderMap {
     headers.insert(HUB, hub);
     if let Some(client) = client {
         headers.insert(CLIENT, escape_ascii(client).as_str());
+    }
+    if let Some(user) = message.origin.as_ref().and_then(|o| o.username.as_deref()) {
+        headers.insert(USER, escape_ascii(user).as_str());
+    }
+    if let Some(rule) = &message.rule {
+        headers.insert(RULE, escape_ascii(rule).as_str());
     }
     headers.insert(QOS, qos_str(message.qos));
     if message.retain {
@@ -132,6 +142,7 @@ pub fn decode(
     let origin = get(CLIENT).map(|c| Origin {
         session: 0,
         client_id: Arc::from(unescape_ascii(c)),
+        username: get(USER).map(|u| Arc::from(unescape_ascii(u))),
     });
     Some(Decoded {
         message: Arc::new(Message {
@@ -143,6 +154,7 @@ pub fn decode(
             expires_at,
             origin,
             stored,
+            rule: get(RULE).map(|r| Arc::from(unescape_ascii(r))),
         }),
         hub: get(HUB).map(str::to_owned),
     })
@@ -171,7 +183,7 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
 }
 
 /// Header values must be printable ASCII: everything else (and `\`) becomes `\uXXXX`.
-fn escape_ascii(text: &str) -> String {
+pub fn escape_ascii(text: &str) -> String {
     escape(text, true)
 }
 
@@ -195,7 +207,7 @@ fn escape(text: &str, backslash: bool) -> String {
     out
 }
 
-fn unescape_ascii(text: &str) -> String {
+pub fn unescape_ascii(text: &str) -> String {
     if !text.contains('\\') {
         return text.to_owned();
     }
@@ -247,8 +259,10 @@ mod tests {
             origin: Some(crate::broker::message::Origin {
                 session: 1,
                 client_id: Arc::from("dev/é"),
+                username: Some(Arc::from("user é")),
             }),
             stored: None,
+            rule: Some(Arc::from("ns/rule")),
         };
         let headers = encode(&message, "h1");
         for (_, values) in headers.iter() {
@@ -268,6 +282,14 @@ mod tests {
             d.message.origin.as_ref().map(|o| &*o.client_id),
             Some("dev/é")
         );
+        assert_eq!(
+            d.message
+                .origin
+                .as_ref()
+                .and_then(|o| o.username.as_deref()),
+            Some("user é")
+        );
+        assert_eq!(d.message.rule.as_deref(), Some("ns/rule"));
         assert_eq!(d.message.qos, QoS::ExactlyOnce);
         assert!(d.message.retain);
         assert_eq!(d.message.properties, message.properties);

@@ -12,8 +12,8 @@
 //!   a hub whose write fails has lost the session and drops its connection.
 
 mod bus;
-mod codec;
-mod names;
+pub(crate) mod codec;
+pub mod names;
 mod presence;
 pub mod registry;
 mod retained;
@@ -187,6 +187,21 @@ impl NatsState {
         self.router.get().and_then(Weak::upgrade)
     }
 
+    /// The NATS connection (shared with the hub's `sync` gate).
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    /// The JetStream context.
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    /// The cluster and hub names.
+    pub fn config(&self) -> &NatsConfig {
+        &self.config
+    }
+
     /// Stops the hub's subscriptions and flushes what is pending.
     pub async fn close(&self) {
         self.leave().await;
@@ -321,7 +336,7 @@ async fn create_all(
 }
 
 /// The servers of a comma-separated URL list.
-fn servers(urls: &str) -> Result<Vec<async_nats::ServerAddr>, StateError> {
+pub fn servers(urls: &str) -> Result<Vec<async_nats::ServerAddr>, StateError> {
     let servers: Vec<async_nats::ServerAddr> = urls
         .split(',')
         .map(str::trim)
