@@ -3,9 +3,11 @@
 # protocol tests that drive a running `cmq standalone` with clients written by others
 # (Python paho-mqtt, mosquitto_pub/mosquitto_sub), the same protocol tests against
 # `cmq hub` on NATS JetStream state, the access tests (credentials, ACLs, TLS) in both
-# modes, the cluster tests (several `cmq hub` processes on one nats-server), and the
+# modes, the cluster tests (several `cmq hub` processes on one nats-server), the dispatch
+# tests (ForwardRules to a real Kafka broker in KRaft mode, NATS, HTTP, MQTT), and the
 # operator's end-to-end tests against a real kube-apiserver (with the Helm chart). Installs
-# the clients, nats-server and the Kubernetes binaries (into ~/.cache/cmq) when missing.
+# the clients, nats-server, Kafka and the Kubernetes binaries (into ~/.cache/cmq) when
+# missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -62,6 +64,13 @@ run_suite "access (cluster)" dataplane/tests/access --mode=cluster
 
 step "cluster tests: several cmq hub processes on one nats-server and on a 3-node NATS cluster"
 run_suite "cluster" dataplane/tests/cluster --run-nats-cluster
+
+step "installing Apache Kafka (KRaft, from its Maven jars) when missing"
+KAFKA_HOME="$(scripts/install-kafka.sh | tail -n 1)"
+export KAFKA_HOME
+
+step "dispatch tests: ForwardRules to a real Kafka broker, NATS, HTTP and MQTT (standalone and cmq dispatch)"
+run_suite "dispatch" dataplane/tests/dispatch
 
 step "installing the Kubernetes control plane (etcd, kube-apiserver, kubectl, helm) when missing"
 CMQ_K8S_BIN="$(CMQ_K8S_EXTRA="kube-controller-manager kube-scheduler kwok" scripts/install-k8s.sh | tail -n 1)"

@@ -150,13 +150,14 @@ def topic_acl(name: str, cluster: str, rules: list, **applies) -> dict:
 
 @pytest.fixture
 def operator_hub(kube, tmp_path):
-    """A `cmq hub` process started as the operator's hub Deployment would start it: its
-    env and the ConfigMap mounted at /etc/cmq, only the listen addresses moved to free
-    loopback ports (no kubelet runs here)."""
+    """A `cmq hub` (or, with component="dispatch", `cmq dispatch`) process started as the
+    operator's Deployment would start it: its env and the ConfigMap mounted at /etc/cmq,
+    only the listen addresses moved to free loopback ports (no kubelet runs here)."""
     hubs = []
 
-    def start(ns: str, cluster: str):
-        dep = json.loads(kube.kubectl("get", "-n", ns, "deployment", f"{cluster}-hub", "-o", "json").stdout)
+    def start(ns: str, cluster: str, component: str = "hub"):
+        dep = json.loads(kube.kubectl("get", "-n", ns, "deployment", f"{cluster}-{component}",
+                                      "-o", "json").stdout)
         container = dep["spec"]["template"]["spec"]["containers"][0]
         cm = json.loads(kube.kubectl("get", "-n", ns, "configmap", f"{cluster}-cmq-config", "-o", "json").stdout)
         conf = tmp_path / f"etc-cmq-{len(hubs)}"
@@ -166,10 +167,11 @@ def operator_hub(kube, tmp_path):
         env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
         env["CMQ_MANIFESTS"] = str(conf)
         env["CMQ_HUB_ID"] = f"pod-{len(hubs)}"  # the Downward API's metadata.name
+        env["CMQ_DISPATCHER_ID"] = f"pod-{len(hubs)}"
         port, admin = free_port(), free_port()
         env.update(CMQ_MQTT_LISTEN=f"127.0.0.1:{port}", CMQ_WS_LISTEN="off",
                    CMQ_ADMIN_LISTEN=f"127.0.0.1:{admin}", CMQ_AUTH_FAILURE_LIMIT="0")
-        p = Proc([CMQ_BIN, *container["args"]], tmp_path / f"op-hub-{len(hubs)}.log", env=env)
+        p = Proc([CMQ_BIN, *container["args"]], tmp_path / f"op-{component}-{len(hubs)}.log", env=env)
         p.port, p.admin_port, p.env = port, admin, env
         hubs.append(p)
         assert wait_until(lambda: http_get(admin, "/readyz")[0] == 200, 60), p.tail()

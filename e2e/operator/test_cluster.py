@@ -11,7 +11,8 @@ def test_children_are_created_owned_and_repaired(kube, ns, nats):
     apply(kube, ns, mqtt_cluster("demo", nats.url, hub={"replicas": 3}))
     uid = get(kube, ns, "mqttcluster", "demo")["metadata"]["uid"]
     kinds = [("deployment", "demo-hub"), ("service", "demo-hub"), ("poddisruptionbudget", "demo-hub"),
-             ("configmap", "demo-cmq-config"), ("serviceaccount", "demo-cmq")]
+             ("configmap", "demo-cmq-config"), ("serviceaccount", "demo-cmq"),
+             ("deployment", "demo-dispatch"), ("poddisruptionbudget", "demo-dispatch")]
     for kind, name in kinds:
         obj = wait_until(lambda: get(kube, ns, kind, name), 30)
         assert obj, f"{kind}/{name} not created"
@@ -49,6 +50,12 @@ def test_children_are_created_owned_and_repaired(kube, ns, nats):
         ok = (condition(c, "Ready") or {}).get("status") == "True"
         return ok and c["status"].get("hubReadyReplicas", 0) >= 2  # the HPA's minimum
     assert wait_until(ready_hubs, 60), get(kube, ns, "mqttcluster", "demo").get("status")
+    # the dispatcher Deployment's pod runs on the kwok node too
+    def dispatch_ready():
+        c = get(kube, ns, "mqttcluster", "demo")
+        ok = (condition(c, "DispatchAvailable") or {}).get("status") == "True"
+        return ok and c["status"].get("dispatchReadyReplicas", 0) >= 1
+    assert wait_until(dispatch_ready, 60), get(kube, ns, "mqttcluster", "demo").get("status")
     table = kube.kubectl("get", "-n", ns, "mqttclusters").stdout.splitlines()
     assert table[0].split()[:5] == ["NAME", "HUBS", "DISPATCHERS", "CONNECTIONS", "READY"], table
     assert table[1].split()[0] == "demo" and table[1].split()[-2] == "True", table

@@ -1,6 +1,7 @@
 """DeviceCredential and TopicAcl through the operator into NATS KV, used by a real hub."""
 
 import subprocess
+import time
 
 from conftest import (apply, condition, connack, credential, get, http_get, mqtt_cluster,
                       secret, topic_acl, wait_until)
@@ -95,6 +96,57 @@ def test_forward_rules_are_synced_and_removed(kube, ns, nats):
     assert r.returncode != 0 and "set exactly one of kafka, nats, http and mqtt" in r.stderr, r.stderr
     kube.kubectl("delete", "-n", ns, "forwardrule", "r1", "--timeout=60s")
     assert get(kube, ns, "forwardrule", "r1") is None
+
+
+def test_forward_rule_valid_condition_and_dispatcher_counts(kube, ns, nats, operator_hub):
+    """The operator checks the SQL (Valid, with the error's position) and folds the
+    dispatchers' counts into the status; hub and dispatcher run as their Deployments say."""
+    apply(kube, ns, mqtt_cluster("demo", nats.url))
+    bad = {"apiVersion": "cmq.io/v1alpha1", "kind": "ForwardRule", "metadata": {"name": "bad"},
+           "spec": {"clusterRef": "demo", "sql": "SELECT payload FROM \"t/#\" WHERE",
+                    "sinks": [{"name": "out", "mqtt": {"topic": "copy"}}]}}
+    apply(kube, ns, bad)
+    c = wait_until(lambda: condition(get(kube, ns, "forwardrule", "bad"), "Valid"), 30)
+    assert c and c["status"] == "False" and c["reason"] == "SqlError", c
+    assert "line 1, column" in c["message"], c
+    good = {"apiVersion": "cmq.io/v1alpha1", "kind": "ForwardRule", "metadata": {"name": "copy"},
+            "spec": {"clusterRef": "demo", "sql": "SELECT payload.v AS v FROM \"in/#\"",
+                     "sinks": [{"name": "out", "mqtt": {"topic": "out/${v}", "qos": 1}}]}}
+    apply(kube, ns, good)
+    assert wait_until(lambda: synced(kube, ns, "forwardrule", "copy"), 30)
+    assert (condition(get(kube, ns, "forwardrule", "copy"), "Valid") or {}).get("status") == "True"
+    dep = get(kube, ns, "deployment", "demo-dispatch")
+    assert dep and dep["spec"]["template"]["spec"]["containers"][0]["args"] == ["dispatch"]
+    assert get(kube, ns, "poddisruptionbudget", "demo-dispatch")
+    hub = operator_hub(ns, "demo")
+    operator_hub(ns, "demo", component="dispatch")
+    import paho.mqtt.client as mqtt
+    got = []
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="e2e-sub")
+    sub.on_message = lambda c, u, m: got.append((m.topic, m.payload))
+    sub.connect("127.0.0.1", hub.port)
+    sub.loop_start()
+    try:
+        sub.subscribe("out/#", qos=1)
+        time.sleep(0.5)
+        pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="e2e-pub")
+        pub.connect("127.0.0.1", hub.port)
+        pub.loop_start()
+        pub.publish("in/x", b'{"v": 42}', qos=1).wait_for_publish(10)
+        assert wait_until(lambda: got, 20), "the dispatcher did not republish"
+        assert got[0] == ("out/42", b'{"v":42}')
+        pub.loop_stop()
+        pub.disconnect()
+    finally:
+        sub.loop_stop()
+        sub.disconnect()
+
+    def counted():
+        st = (get(kube, ns, "forwardrule", "copy") or {}).get("status", {})
+        return st.get("dispatchers") == 1 and st.get("counters", {}).get("forwarded") == 1
+    assert wait_until(counted, 60), get(kube, ns, "forwardrule", "copy").get("status")
+    table = kube.kubectl("get", "-n", ns, "forwardrules").stdout
+    assert "copy" in table and "bad" in table, table
 
 
 def test_missing_secret_is_reported_then_recovers(kube, ns, nats):

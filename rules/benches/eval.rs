@@ -14,7 +14,7 @@ const SQL: &str =
 
 fn payload(temp: f64) -> Vec<u8> {
     format!(
-        r#"{{"device":"sensor-0042","temp":{temp},"hum":41.2,"battery":87,"ts":1700000000123,"ok":true}}"#
+        r#"{{"device":"sensor-0042","site":"plant-7","temp":{temp},"hum":41.2,"battery":87,"ts":1700000000123,"ok":true}}"#
     )
     .into_bytes()
 }

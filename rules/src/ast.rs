@@ -121,3 +121,37 @@ pub(crate) enum Field {
         target: Target,
     },
 }
+
+impl Expr {
+    /// Calls `f` with every path in the expression. Recursion follows the tree, whose
+    /// height the parser caps.
+    pub(crate) fn visit_paths(&self, f: &mut impl FnMut(&Root, &[Seg])) {
+        match self {
+            Expr::Lit(_) => {}
+            Expr::Path { root, segs } => f(root, segs),
+            Expr::Neg(e) | Expr::Not(e) | Expr::IsNull { expr: e, .. } => e.visit_paths(f),
+            Expr::Logic { terms, .. } => terms.iter().for_each(|t| t.visit_paths(f)),
+            Expr::Arith { first, rest } => {
+                first.visit_paths(f);
+                rest.iter().for_each(|(_, e)| e.visit_paths(f));
+            }
+            Expr::Compare(_, l, r) => {
+                l.visit_paths(f);
+                r.visit_paths(f);
+            }
+            Expr::Case {
+                subject,
+                whens,
+                otherwise,
+            } => {
+                subject.iter().for_each(|s| s.visit_paths(f));
+                for (w, t) in whens {
+                    w.visit_paths(f);
+                    t.visit_paths(f);
+                }
+                otherwise.iter().for_each(|o| o.visit_paths(f));
+            }
+            Expr::Call { args, .. } => args.iter().for_each(|a| a.visit_paths(f)),
+        }
+    }
+}

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use regex::{Captures, Regex};
 
 use crate::error::EvalError;
-use crate::functions::{Func, compile_regex, time_unit_nanos};
+use crate::functions::{Func, TIME_UNITS, compile_regex, time_unit_nanos};
 use crate::json;
 use crate::value::Value;
 
@@ -327,12 +327,7 @@ fn now_timestamp(unit: Option<&Value>) -> Result<Value, EvalError> {
     let f = Func::NowTimestamp;
     let per_unit = match unit {
         None => 1_000_000,
-        Some(u) => time_unit_nanos(text(f, u)?).ok_or_else(|| {
-            bad(
-                f,
-                "unit must be 'second', 'millisecond', 'microsecond' or 'nanosecond'",
-            )
-        })?,
+        Some(u) => time_unit_nanos(text(f, u)?).ok_or_else(|| bad(f, TIME_UNITS))?,
     };
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)

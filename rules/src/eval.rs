@@ -8,29 +8,31 @@ use crate::ast::{Expr, Root};
 use crate::builtins;
 use crate::column::{Column, Message};
 use crate::error::EvalError;
-use crate::json;
 use crate::ops;
+use crate::payload::PayloadNeeds;
 use crate::row::Row;
 use crate::value::{Value, navigate};
 
 /// Per-message evaluation state.
 pub(crate) struct Ctx<'m, 'a> {
     pub msg: &'m Message<'a>,
+    needs: &'m PayloadNeeds,
     /// `None` inside once decoding was tried and the payload is not JSON.
     payload: OnceCell<Option<Value>>,
 }
 
 impl<'m, 'a> Ctx<'m, 'a> {
-    pub(crate) fn new(msg: &'m Message<'a>) -> Self {
+    pub(crate) fn new(msg: &'m Message<'a>, needs: &'m PayloadNeeds) -> Self {
         Self {
             msg,
+            needs,
             payload: OnceCell::new(),
         }
     }
 
     fn payload_json(&self) -> Option<&Value> {
         self.payload
-            .get_or_init(|| json::decode(self.msg.payload).ok())
+            .get_or_init(|| self.needs.decode(self.msg.payload))
             .as_ref()
     }
 }

@@ -82,6 +82,37 @@ fn select_where_and_paths() {
             "[1,2]",
             Row(r#"{"x":2}"#),
         ),
+        // Only the keys a rule reads are decoded; the rest must still be valid JSON.
+        (
+            r#"SELECT payload.temp AS t FROM "t""#,
+            r#"{"skip":[{"deep":"x"}],"t\u0065mp":1}"#,
+            Row(r#"{"t":1}"#),
+        ),
+        (
+            r#"SELECT payload.temp AS t FROM "t""#,
+            r#"{"temp":1,"skip":[}"#,
+            Row(r#"{"t":null}"#),
+        ),
+        (
+            r#"SELECT payload.temp AS t FROM "t""#,
+            r#"{"temp":1} junk"#,
+            Row(r#"{"t":null}"#),
+        ),
+        (
+            r#"SELECT payload.temp AS t FROM "t""#,
+            r#"[{"temp":1}]"#,
+            Row(r#"{"t":null}"#),
+        ),
+        (
+            r#"SELECT payload.x AS x FROM "t""#,
+            r#""{\"x\":1}""#,
+            Row(r#"{"x":1}"#),
+        ),
+        (
+            r#"SELECT payload.x AS x, payload[1] AS y FROM "t""#,
+            r#"[5]"#,
+            Row(r#"{"x":null,"y":5}"#),
+        ),
         // A payload that is not JSON: paths are null, the raw payload is a string.
         (
             r#"SELECT payload.x AS x, payload FROM "t""#,

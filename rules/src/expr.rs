@@ -4,7 +4,7 @@
 
 use crate::ast::{BinOp, Expr, Seg};
 use crate::error::{ParseError, ParseErrorKind};
-use crate::functions::{Func, compile_regex, time_unit_nanos};
+use crate::functions::{Func, TIME_UNITS, compile_regex, time_unit_nanos};
 use crate::lexer::{Sym, Tok};
 use crate::ops::is_filter;
 use crate::parser::{MAX_DEPTH, Parser};
@@ -289,12 +289,11 @@ impl Parser<'_> {
                 Some((_, at)) => Err(bad(at, format!("{name}: the pattern must be a string"))),
             };
         }
-        const UNITS: &str = "unit must be 'second', 'millisecond', 'microsecond' or 'nanosecond'";
         match (func, literal(0)) {
             (Func::NowTimestamp, Some((v, at)))
                 if v.as_str().and_then(time_unit_nanos).is_none() =>
             {
-                Err(bad(at, format!("{name}: {UNITS}")))
+                Err(bad(at, format!("{name}: {TIME_UNITS}")))
             }
             (Func::TopicLevel, Some((v, at))) if !matches!(v, Value::Int(1..)) => Err(bad(
                 at,

@@ -136,6 +136,10 @@ pub(crate) fn compile_regex(pattern: &str) -> Result<Regex, String> {
         .map_err(|e| format!("invalid regular expression: {e}"))
 }
 
+/// What `now_timestamp` says about a unit it does not know.
+pub(crate) const TIME_UNITS: &str =
+    "unit must be 'second', 'millisecond', 'microsecond' or 'nanosecond'";
+
 /// The units `now_timestamp(unit)` takes, as nanoseconds per unit.
 pub(crate) fn time_unit_nanos(unit: &str) -> Option<i128> {
     match unit {

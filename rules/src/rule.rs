@@ -6,6 +6,7 @@ use crate::column::Message;
 use crate::error::{EvalError, ParseError};
 use crate::eval::{Ctx, eval, truth};
 use crate::parser::parse_statement;
+use crate::payload::PayloadNeeds;
 use crate::row::Row;
 
 /// A compiled `SELECT .. FROM .. [WHERE ..]` statement. Names, functions, regular
@@ -17,13 +18,20 @@ pub struct Rule {
     fields: Vec<Field>,
     condition: Option<Expr>,
     condition_uses_alias: bool,
+    payload_needs: PayloadNeeds,
 }
 
 impl Rule {
     /// Compiles rule SQL.
     pub fn parse(sql: &str) -> Result<Rule, ParseError> {
         let s = parse_statement(sql)?;
+        let exprs = s.fields.iter().filter_map(|f| match f {
+            Field::Expr { expr, .. } => Some(expr),
+            Field::All(_) => None,
+        });
+        let payload_needs = PayloadNeeds::of(exprs.chain(&s.condition));
         Ok(Rule {
+            payload_needs,
             sources: s.sources,
             fields: s.fields,
             condition: s.condition,
@@ -49,7 +57,7 @@ impl Rule {
     /// `SELECT` fails on a message that `WHERE` rejects: EMQX reports an error, this
     /// returns `Ok(None)`.
     pub fn evaluate(&self, msg: &Message<'_>) -> Result<Option<Row>, EvalError> {
-        let ctx = Ctx::new(msg);
+        let ctx = Ctx::new(msg, &self.payload_needs);
         if let Some(cond) = &self.condition
             && !self.condition_uses_alias
             && !passes(cond, &ctx, &Row::default())?

@@ -1,6 +1,7 @@
 //! The desired children of an `MqttCluster`, built from its spec alone (pure; the unit
-//! tests cover it): ServiceAccount, ConfigMap, hub Deployment, Service, PodDisruptionBudget
-//! and, with autoscaling, a HorizontalPodAutoscaler.
+//! tests cover it): ServiceAccount, ConfigMap, hub Deployment, Service, dispatch
+//! Deployment, a PodDisruptionBudget for each Deployment and, with autoscaling,
+//! HorizontalPodAutoscalers.
 
 use std::collections::BTreeMap;
 
@@ -33,6 +34,8 @@ pub const DEFAULT_IMAGE: &str = concat!("ghcr.io/cmq-io/cmq:", env!("CARGO_PKG_V
 const DRAIN_PERIOD_MS: i64 = 20_000;
 const GRACE_SECONDS: i64 = 45;
 const ADMIN_PORT: i32 = 9090;
+/// How long a dispatcher waits for its writes in flight on SIGTERM.
+const DISPATCH_DRAIN_MS: i64 = 20_000;
 
 /// Everything the operator applies for one cluster.
 #[derive(Debug, Clone)]
@@ -43,6 +46,9 @@ pub struct Children {
     pub service: Service,
     pub pdb: PodDisruptionBudget,
     pub hpa: Option<HorizontalPodAutoscaler>,
+    pub dispatch: Deployment,
+    pub dispatch_pdb: PodDisruptionBudget,
+    pub dispatch_hpa: Option<HorizontalPodAutoscaler>,
 }
 
 fn labels(cluster: &str, component: &str) -> BTreeMap<String, String> {
@@ -118,68 +124,28 @@ pub fn children(c: &MqttCluster) -> Result<Children, Error> {
         &ns,
     );
     let service = hub_service(c, meta(hub_name.clone(), "hub"));
-    let selector = LabelSelector {
-        match_labels: Some(labels(&name, "hub")),
-        match_expressions: None,
-    };
-    let pdb = PodDisruptionBudget {
-        metadata: meta(hub_name.clone(), "hub"),
-        spec: Some(PodDisruptionBudgetSpec {
-            max_unavailable: Some(IntOrString::Int(1)),
-            selector: Some(selector),
-            ..PodDisruptionBudgetSpec::default()
-        }),
-        ..PodDisruptionBudget::default()
-    };
+    let pdb = disruption_budget(meta(hub_name.clone(), "hub"), labels(&name, "hub"));
     let hpa = c.spec.hub.autoscaling.as_ref().map(|a| {
-        let mut metrics = vec![MetricSpec {
-            type_: "Resource".into(),
-            resource: Some(ResourceMetricSource {
-                name: "cpu".into(),
-                target: MetricTarget {
-                    type_: "Utilization".into(),
-                    average_utilization: Some(a.target_cpu_utilization_percentage.unwrap_or(70)),
-                    ..MetricTarget::default()
-                },
-            }),
-            ..MetricSpec::default()
-        }];
-        if let Some(per_pod) = a.target_connections_per_pod {
-            metrics.push(MetricSpec {
-                type_: "Pods".into(),
-                pods: Some(PodsMetricSource {
-                    metric: MetricIdentifier {
-                        name: "cmq_hub_connections".into(),
-                        selector: None,
-                    },
-                    target: MetricTarget {
-                        type_: "AverageValue".into(),
-                        average_value: Some(
-                            k8s_openapi::apimachinery::pkg::api::resource::Quantity(
-                                per_pod.to_string(),
-                            ),
-                        ),
-                        ..MetricTarget::default()
-                    },
-                }),
-                ..MetricSpec::default()
-            });
-        }
-        HorizontalPodAutoscaler {
-            metadata: meta(hub_name.clone(), "hub"),
-            spec: Some(HorizontalPodAutoscalerSpec {
-                scale_target_ref: k8s_openapi::api::autoscaling::v2::CrossVersionObjectReference {
-                    api_version: Some("apps/v1".into()),
-                    kind: "Deployment".into(),
-                    name: hub_name.clone(),
-                },
-                min_replicas: Some(a.min_replicas),
-                max_replicas: a.max_replicas,
-                metrics: Some(metrics),
-                behavior: None,
-            }),
-            ..HorizontalPodAutoscaler::default()
-        }
+        autoscaler(
+            meta(hub_name.clone(), "hub"),
+            &hub_name,
+            a,
+            a.target_connections_per_pod,
+        )
+    });
+    let dispatch_name = format!("{name}-dispatch");
+    let dispatch = dispatch_deployment(c, meta(dispatch_name.clone(), "dispatch"), &sa_name, &ns);
+    let dispatch_pdb = disruption_budget(
+        meta(dispatch_name.clone(), "dispatch"),
+        labels(&name, "dispatch"),
+    );
+    let dispatch_hpa = c.spec.dispatch.autoscaling.as_ref().map(|a| {
+        autoscaler(
+            meta(dispatch_name.clone(), "dispatch"),
+            &dispatch_name,
+            a,
+            None,
+        )
     });
     Ok(Children {
         service_account: ServiceAccount {
@@ -192,7 +158,175 @@ pub fn children(c: &MqttCluster) -> Result<Children, Error> {
         service,
         pdb,
         hpa,
+        dispatch,
+        dispatch_pdb,
+        dispatch_hpa,
     })
+}
+
+/// At most one pod of the Deployment down at a time for voluntary disruptions.
+fn disruption_budget(
+    metadata: ObjectMeta,
+    selector: BTreeMap<String, String>,
+) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata,
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector),
+                match_expressions: None,
+            }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    }
+}
+
+/// CPU, and connections per pod when set (a Pods metric from the hubs' `/metrics`).
+fn autoscaler(
+    metadata: ObjectMeta,
+    target: &str,
+    a: &cmq_crds::v1alpha1::AutoscalingSpec,
+    connections_per_pod: Option<i64>,
+) -> HorizontalPodAutoscaler {
+    let mut metrics = vec![MetricSpec {
+        type_: "Resource".into(),
+        resource: Some(ResourceMetricSource {
+            name: "cpu".into(),
+            target: MetricTarget {
+                type_: "Utilization".into(),
+                average_utilization: Some(a.target_cpu_utilization_percentage.unwrap_or(70)),
+                ..MetricTarget::default()
+            },
+        }),
+        ..MetricSpec::default()
+    }];
+    if let Some(per_pod) = connections_per_pod {
+        metrics.push(MetricSpec {
+            type_: "Pods".into(),
+            pods: Some(PodsMetricSource {
+                metric: MetricIdentifier {
+                    name: "cmq_hub_connections".into(),
+                    selector: None,
+                },
+                target: MetricTarget {
+                    type_: "AverageValue".into(),
+                    average_value: Some(k8s_openapi::apimachinery::pkg::api::resource::Quantity(
+                        per_pod.to_string(),
+                    )),
+                    ..MetricTarget::default()
+                },
+            }),
+            ..MetricSpec::default()
+        });
+    }
+    HorizontalPodAutoscaler {
+        metadata,
+        spec: Some(HorizontalPodAutoscalerSpec {
+            scale_target_ref: k8s_openapi::api::autoscaling::v2::CrossVersionObjectReference {
+                api_version: Some("apps/v1".into()),
+                kind: "Deployment".into(),
+                name: target.into(),
+            },
+            min_replicas: Some(a.min_replicas),
+            max_replicas: a.max_replicas,
+            metrics: Some(metrics),
+            behavior: None,
+        }),
+        ..HorizontalPodAutoscaler::default()
+    }
+}
+
+fn pod_security() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(65532),
+        run_as_group: Some(65532),
+        ..PodSecurityContext::default()
+    }
+}
+
+fn container_security() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            add: None,
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+/// Dispatchers: stateless; a SIGTERM stops taking messages and waits for the writes in
+/// flight (what is not acknowledged by then comes again to another dispatcher).
+fn dispatch_deployment(c: &MqttCluster, metadata: ObjectMeta, sa: &str, ns: &str) -> Deployment {
+    let name = c.name_any();
+    let nats = c.spec.nats.clone().unwrap_or_default();
+    let envs = vec![
+        env("CMQ_NATS_URL", nats.url),
+        env("CMQ_CLUSTER", cluster_name(ns, &name)),
+        env(
+            "CMQ_STREAM_REPLICAS",
+            nats.stream_replicas.unwrap_or(1).to_string(),
+        ),
+        env("CMQ_MESSAGE_SHARDS", nats.shards.unwrap_or(4).to_string()),
+        env("CMQ_ADMIN_LISTEN", format!("0.0.0.0:{ADMIN_PORT}")),
+        env("CMQ_DRAIN_TIMEOUT_MS", DISPATCH_DRAIN_MS.to_string()),
+        EnvVar {
+            name: "CMQ_DISPATCHER_ID".into(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.name".into(),
+                    api_version: None,
+                }),
+                ..EnvVarSource::default()
+            }),
+        },
+    ];
+    let selector_labels = labels(&name, "dispatch");
+    let container = Container {
+        name: "dispatch".into(),
+        image: Some(c.spec.image.clone().unwrap_or_else(|| DEFAULT_IMAGE.into())),
+        args: Some(vec!["dispatch".into()]),
+        env: Some(envs),
+        ports: Some(vec![port("admin", ADMIN_PORT)]),
+        resources: c.spec.dispatch.resources.clone(),
+        liveness_probe: Some(http_probe("/healthz", 10)),
+        readiness_probe: Some(http_probe("/readyz", 5)),
+        security_context: Some(container_security()),
+        ..Container::default()
+    };
+    Deployment {
+        metadata,
+        spec: Some(DeploymentSpec {
+            replicas: match c.spec.dispatch.autoscaling {
+                Some(_) => None,
+                None => Some(c.spec.dispatch.replicas.unwrap_or(1)),
+            },
+            selector: LabelSelector {
+                match_labels: Some(selector_labels.clone()),
+                match_expressions: None,
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(selector_labels),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    service_account_name: Some(sa.into()),
+                    termination_grace_period_seconds: Some(DISPATCH_DRAIN_MS / 1000 + 10),
+                    security_context: Some(pod_security()),
+                    containers: vec![container],
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    }
 }
 
 fn env(name: &str, value: impl Into<String>) -> EnvVar {
@@ -318,15 +452,7 @@ fn hub_deployment(
             }),
             ..Lifecycle::default()
         }),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                add: None,
-            }),
-            ..SecurityContext::default()
-        }),
+        security_context: Some(container_security()),
         volume_mounts: Some(mounts),
         ..Container::default()
     };
@@ -361,12 +487,7 @@ fn hub_deployment(
                 spec: Some(PodSpec {
                     service_account_name: Some(sa.into()),
                     termination_grace_period_seconds: Some(GRACE_SECONDS),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(65532),
-                        run_as_group: Some(65532),
-                        ..PodSecurityContext::default()
-                    }),
+                    security_context: Some(pod_security()),
                     containers: vec![container],
                     volumes: Some(volumes),
                     ..PodSpec::default()

@@ -73,7 +73,7 @@ async fn reconcile_inner(c: &MqttCluster, ctx: &Context, ns: &str) -> Result<Act
                 ctx,
                 c,
                 ns,
-                0,
+                (0, 0),
                 vec![condition("Ready", false, "InvalidSpec", &e.to_string(), c)],
             )
             .await?;
@@ -107,24 +107,46 @@ async fn reconcile_inner(c: &MqttCluster, ctx: &Context, ns: &str) -> Result<Act
         &built.pdb,
     )
     .await?;
+    apply(
+        &Api::<Deployment>::namespaced(client.clone(), ns),
+        &built.dispatch,
+    )
+    .await?;
+    apply(
+        &Api::<PodDisruptionBudget>::namespaced(client.clone(), ns),
+        &built.dispatch_pdb,
+    )
+    .await?;
     let hpas = Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), ns);
-    match &built.hpa {
-        Some(hpa) => apply(&hpas, hpa).await?,
-        None => {
-            let name = built.hub.name_any();
-            if hpas.get_opt(&name).await?.is_some() {
-                hpas.delete(&name, &DeleteParams::default()).await?;
+    for (hpa, target) in [
+        (&built.hpa, &built.hub),
+        (&built.dispatch_hpa, &built.dispatch),
+    ] {
+        match hpa {
+            Some(hpa) => apply(&hpas, hpa).await?,
+            None => {
+                let name = target.name_any();
+                if hpas.get_opt(&name).await?.is_some() {
+                    hpas.delete(&name, &DeleteParams::default()).await?;
+                }
             }
         }
     }
-    let deployment = Api::<Deployment>::namespaced(client, ns)
-        .get_opt(&built.hub.name_any())
-        .await?;
-    let ready = deployment
+    let deployments = Api::<Deployment>::namespaced(client, ns);
+    let ready_of = |d: Option<Deployment>| {
+        d.as_ref()
+            .and_then(|d| d.status.as_ref())
+            .and_then(|s| s.ready_replicas)
+            .unwrap_or(0)
+    };
+    let ready = ready_of(deployments.get_opt(&built.hub.name_any()).await?);
+    let dispatch_ready = ready_of(deployments.get_opt(&built.dispatch.name_any()).await?);
+    let dispatch_wanted = built
+        .dispatch
+        .spec
         .as_ref()
-        .and_then(|d| d.status.as_ref())
-        .and_then(|s| s.ready_replicas)
-        .unwrap_or(0);
+        .and_then(|s| s.replicas)
+        .unwrap_or(1);
     let nats_ok = match &c.spec.nats {
         Some(n) => ctx
             .nats
@@ -150,6 +172,27 @@ async fn reconcile_inner(c: &MqttCluster, ctx: &Context, ns: &str) -> Result<Act
             &format!("{ready} hub pod(s) ready"),
             c,
         ),
+        if dispatch_wanted == 0 {
+            condition(
+                "DispatchAvailable",
+                false,
+                "ScaledToZero",
+                "spec.dispatch.replicas is 0: ForwardRules are not run",
+                c,
+            )
+        } else {
+            condition(
+                "DispatchAvailable",
+                dispatch_ready > 0,
+                if dispatch_ready > 0 {
+                    "DispatchersReady"
+                } else {
+                    "NoDispatcherReady"
+                },
+                &format!("{dispatch_ready} dispatcher pod(s) ready"),
+                c,
+            )
+        },
         match &nats_ok {
             Ok(()) => condition(
                 "NatsConnected",
@@ -172,7 +215,7 @@ async fn reconcile_inner(c: &MqttCluster, ctx: &Context, ns: &str) -> Result<Act
             c,
         ),
     ];
-    set_status(ctx, c, ns, ready, conditions).await?;
+    set_status(ctx, c, ns, (ready, dispatch_ready), conditions).await?;
     // Pods come and go without touching the MqttCluster: look again now and then.
     Ok(Action::requeue(std::time::Duration::from_secs(30)))
 }
@@ -208,7 +251,7 @@ async fn set_status(
     ctx: &Context,
     c: &MqttCluster,
     ns: &str,
-    ready: i32,
+    (ready, dispatch_ready): (i32, i32),
     mut conditions: Vec<Condition>,
 ) -> Result<(), Error> {
     let old = c.status.clone().unwrap_or_default();
@@ -221,6 +264,7 @@ async fn set_status(
     }
     let same =
         old.hub_ready_replicas == ready
+            && old.dispatch_ready_replicas == dispatch_ready
             && old.observed_generation == c.meta().generation
             && old.conditions.len() == conditions.len()
             && old.conditions.iter().zip(&conditions).all(|(a, b)| {
@@ -235,7 +279,7 @@ async fn set_status(
         "status": {
             "observedGeneration": c.meta().generation,
             "hubReadyReplicas": ready,
-            "dispatchReadyReplicas": 0,
+            "dispatchReadyReplicas": dispatch_ready,
             "conditions": conditions,
         }
     });
