@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -46,7 +47,8 @@ CMQ = os.environ.get("CMQ_BIN", str(REPO / "target/release/cmq"))
 
 
 def create_topic(kb: KafkaBroker, name: str, partitions: int = 3) -> None:
-    futures = kb.admin().create_topics([NewTopic(name, partitions, 1, config={
+    admin = kb.admin()  # kept alive until the futures resolve
+    futures = admin.create_topics([NewTopic(name, partitions, 1, config={
         "message.timestamp.type": "LogAppendTime"})])
     for f in futures.values():
         f.result(30)
@@ -119,6 +121,17 @@ class Cmq:
                                             f"{HOST}:{dadmin}"], stdout=log, stderr=log))
         wait_ready(dadmin, "cmq dispatch")
 
+    def cpu_each(self) -> list[float]:
+        """utime + stime of each CMQ process (standalone; or hub, dispatcher)."""
+        out = []
+        for p in self.procs:
+            fields = Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            out.append((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
+        return out
+
+    def cpu_seconds(self) -> float:
+        return sum(self.cpu_each())
+
     def stop(self) -> None:
         for p in self.procs:
             p.terminate()
@@ -180,9 +193,14 @@ def main() -> None:
         # 1. direct
         create_topic(kb, "direct")
         count = 300_000
-        out = subprocess.run(["cargo", "run", "-q", "--release", "-p", "cmq", "--example",
-                              "kafka_produce", "--", kb.bootstrap, "direct", str(count),
-                              str(args.size)], capture_output=True, text=True, cwd=REPO, check=True)
+        subprocess.run(["cargo", "build", "-q", "--release", "-p", "cmq", "--example",
+                        "kafka_produce"], cwd=REPO, check=True)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        out = subprocess.run([str(REPO / "target/release/examples/kafka_produce"), kb.bootstrap,
+                              "direct", str(count), str(args.size)],
+                             capture_output=True, text=True, check=True)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        direct_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         direct = json.loads(out.stdout.strip().splitlines()[-1])
         n, span = topic_window(kb, "direct")
         direct_rate = n / span if span else 0
@@ -193,6 +211,11 @@ def main() -> None:
             rule_yaml(kb.bootstrap, "lat", "lat/#").replace("name: bench", "name: lat")
         cmq = Cmq(args.mode, work, rules)
         try:
+            cpu_before = cmq.cpu_each()
+            if os.environ.get("CMQ_BENCH_PERF"):
+                perf = subprocess.Popen(["perf", "record", "-F", "499", "-g", "-o",
+                                         os.environ["CMQ_BENCH_PERF"], "-p",
+                                         str(cmq.procs[-1].pid), "--", "sleep", "8"])
             bench = subprocess.run([CMQ, "bench", "--port", str(cmq.port), "--publishers", "8",
                                     "--subscribers", "1", "--sub-filter", "nothing/#",
                                     "--topics", "8", "--qos", "1", "--payload", str(args.size),
@@ -200,6 +223,10 @@ def main() -> None:
                                    capture_output=True, text=True, check=True)
             report = json.loads(bench.stdout.strip().splitlines()[-1])
             time.sleep(3)
+            each = [a - b for a, b in zip(cmq.cpu_each(), cpu_before)]
+            cpu = sum(each)
+            print(f"CMQ CPU seconds per process ({args.mode}): {[round(x, 2) for x in each]}",
+                  file=sys.stderr)
             fwd_n, fwd_span = topic_window(kb, "fwd")
             fwd_rate = fwd_n / fwd_span if fwd_span else 0
             lat = latency(kb, cmq, "lat")
@@ -208,11 +235,13 @@ def main() -> None:
     finally:
         kb.close()
     q = statistics.quantiles(lat, n=100) if len(lat) > 10 else [float("nan")] * 99
-    print(f"| mode | direct rdkafka (records/s) | MQTT QoS 1 publishes/s into CMQ | forwarded to Kafka (records/s) | ratio | e2e p50 (ms) | e2e p99 (ms) | latency samples |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| mode | direct rdkafka (records/s) | direct: producer CPU per record (µs) | MQTT QoS 1 publishes/s into CMQ | forwarded to Kafka (records/s) | ratio | CMQ CPU per forwarded record (µs) | e2e p50 (ms) | e2e p99 (ms) | latency samples |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     print(f"| {args.mode} | {direct_rate:,.0f} (delivery reports: {direct['per_s']:,.0f}) | "
+          f"{direct_cpu / count * 1e6:.1f} | "
           f"{report['publishes_per_s']:,.0f} | {fwd_rate:,.0f} ({fwd_n:,} records) | "
-          f"{fwd_rate / direct_rate if direct_rate else 0:.2f} | {q[49]:.2f} | {q[98]:.2f} | {len(lat)} |")
+          f"{fwd_rate / direct_rate if direct_rate else 0:.2f} | {cpu / max(fwd_n, 1) * 1e6:.1f} | "
+          f"{q[49]:.2f} | {q[98]:.2f} | {len(lat)} |")
 
 
 if __name__ == "__main__":

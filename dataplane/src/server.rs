@@ -196,10 +196,10 @@ async fn run(
                 .await
                 .context("timed out reading the rules bucket")?
                 .context("rules watch ended")?;
+            let names = crate::state::nats::Names::new(&config.cluster, &config.hub_id)?;
             let gate = RemoteGate::start(
                 nats.client().clone(),
-                &config.cluster,
-                &config.hub_id,
+                names,
                 sync_timeout + Duration::from_secs(1),
                 rules_rx,
                 background.clone(),

@@ -256,7 +256,7 @@ impl Engine {
         let started = Instant::now();
         let (out, first) = match render(b, row, env, &rule.key) {
             Ok(out) => {
-                let first = b.sink.submit(out.clone()).await;
+                let first = b.sink.submit(&out).await;
                 (out, first)
             }
             Err(e) => (Output::default(), Err(e)),
@@ -354,7 +354,7 @@ async fn deliver(job: Job, until: Option<Instant>) -> Result<(), (SinkError, u32
         debug!(rule = %rule.key, sink = %b.name, attempt, error = %e, "retrying a write");
         tokio::time::sleep(wait).await;
         attempt += 1;
-        pending = b.sink.submit(out.clone()).await;
+        pending = b.sink.submit(&out).await;
     }
 }
 
@@ -456,7 +456,7 @@ async fn dead_letter(
         retain: false,
         rule: rule.key.clone(),
     };
-    let result = match dl.sink.submit(out).await {
+    let result = match dl.sink.submit(&out).await {
         Ok(p) => p.await,
         Err(e) => Err(e),
     };

@@ -3,13 +3,14 @@
 //! the sinks; their confirmations are awaited concurrently. At least once while the
 //! process lives (no stream to replay from after a crash, as in EMQX's memory buffer).
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
 use mqttbytes::QoS;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
@@ -65,7 +66,7 @@ impl LocalForwarder {
         tasks: &TaskTracker,
     ) -> Arc<Self> {
         let (queue, inbox) = mpsc::channel(QUEUE);
-        tasks.spawn(run(engine.clone(), inbox, stop, tasks.clone()));
+        tasks.spawn(run(engine.clone(), inbox, stop));
         Arc::new(Self {
             engine,
             queue,
@@ -78,35 +79,33 @@ async fn run(
     engine: Arc<Engine>,
     mut inbox: mpsc::Receiver<Arc<Message>>,
     stop: CancellationToken,
-    tasks: TaskTracker,
 ) {
-    let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
-    let counter = AtomicU64::new(0);
+    // One task hands messages over in order and polls their confirmations: no task per
+    // message.
+    let mut in_flight = FuturesUnordered::new();
+    let mut counter = 0u64;
+    let mut closing = false;
     loop {
-        let message = tokio::select! {
-            m = inbox.recv() => m,
-            _ = stop.cancelled() => {
-                // Take what is queued already, then stop.
-                inbox.close();
-                inbox.recv().await
+        tokio::select! {
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+            m = inbox.recv(), if in_flight.len() < IN_FLIGHT => {
+                // After `stop`: what was queued already, then the end.
+                let Some(message) = m else { break };
+                engine.metrics().received.inc();
+                counter += 1;
+                let which = Which::for_qos(message.qos);
+                let env = envelope(message, Arc::from(format!("local-{counter}")), "mqtt");
+                if let Some(rest) = engine.submit(&env, which).await {
+                    in_flight.push(rest);
+                }
             }
-        };
-        let Some(message) = message else { break };
-        engine.metrics().received.inc();
-        let n = counter.fetch_add(1, Ordering::Relaxed);
-        let which = Which::for_qos(message.qos);
-        let env = envelope(message, Arc::from(format!("local-{n}")), "mqtt");
-        let Some(rest) = engine.submit(&env, which).await else {
-            continue;
-        };
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-            break;
-        };
-        tasks.spawn(async move {
-            rest.await;
-            drop(permit);
-        });
+            _ = stop.cancelled(), if !closing => {
+                closing = true;
+                inbox.close();
+            }
+        }
     }
+    while in_flight.next().await.is_some() {}
     debug!("standalone rule engine stopped");
 }
 

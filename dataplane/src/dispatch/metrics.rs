@@ -75,7 +75,7 @@ pub struct DispatchMetrics {
     /// Rules in force; rules refused (invalid SQL or sinks).
     pub rules: Gauge,
     pub rules_invalid: Gauge,
-    /// Messages taken from the streams and the live feed.
+    /// Messages taken from the streams and the dispatch feed.
     pub received: Counter,
     /// `sync` gate: publishes forwarded before their acknowledgement, and refused.
     pub sync_accepted: Counter,
@@ -191,7 +191,7 @@ impl DispatchMetrics {
         );
         r.register(
             "messages_received",
-            "Messages taken from the streams and the live feed",
+            "Messages taken from the streams and the dispatch feed",
             m.received.clone(),
         );
         r.register(

@@ -3,7 +3,7 @@
 //! HTTP or back into MQTT.
 //!
 //! - `cmq dispatch` (`cluster`): dispatch processes share durable JetStream pull consumers
-//!   over the message streams (QoS 1/2) and a queue subscription on the live feed (QoS 0);
+//!   over the message streams (QoS 1/2) and a queue subscription on the dispatch feed (QoS 0 copies of the messages rules read);
 //!   a stored message is acknowledged only once its sinks confirmed it or it went to the
 //!   dead letter. They also answer the hubs' `sync` requests (`gate`).
 //! - `cmq standalone` (`local`): the same engine in process.

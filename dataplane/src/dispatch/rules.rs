@@ -298,3 +298,20 @@ impl SinkFactory {
         Ok(client)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_the_initial_wait_up_to_the_cap() {
+        let r = Retry {
+            max_attempts: 10,
+            initial: Duration::from_millis(100),
+            max: Duration::from_millis(1_000),
+        };
+        let waits: Vec<u128> = (2..=7).map(|a| r.backoff(a).as_millis()).collect();
+        assert_eq!(waits, [100, 200, 400, 800, 1_000, 1_000]);
+        assert_eq!(r.backoff(u32::MAX), Duration::from_millis(1_000));
+    }
+}

@@ -120,3 +120,38 @@ def test_sync_rule_without_any_dispatcher_refuses(cluster, kafka):
     assert pub.pubacks[info.mid] == 0x97
     # a topic no sync rule reads is not gated
     assert pub.acked(pub.publish("other/1", b"x", qos=1))
+
+
+def test_sync_rule_refuses_while_kafka_is_stopped_and_loses_nothing_acknowledged(cluster, kafka):
+    topic = f"stop.{uid('t')}"
+    env = cluster(hubs=1, dispatchers=1,
+                  rules=[kafka_rule("s", kafka.bootstrap, topic, delivery="sync")],
+                  dispatch_args=["--sync-timeout-ms", "2000"],
+                  hub_args=["--sync-timeout-ms", "2000"])
+    pub = Mqtt(env.hubs[0], version=5).connect()
+    acked = []
+    for n in range(5):
+        assert pub.acked(pub.publish("data/a", json.dumps({"n": n}).encode(), qos=1, timeout=20))
+        acked.append(n)
+    kafka.stop()
+    try:
+        refused = 0
+        for n in range(5, 10):
+            info = pub.client.publish("data/a", json.dumps({"n": n}).encode(), qos=1)
+            assert wait_for(lambda: info.mid in pub.pubacks, 20)
+            if pub.pubacks[info.mid] == 0x97:
+                refused += 1
+            else:
+                acked.append(n)
+        note(f"sync rule, Kafka stopped: {refused} of 5 publishes refused with 0x97")
+        assert refused == 5
+    finally:
+        kafka.start()
+    # Kafka is back: publishes are accepted again (librdkafka reconnects on its own)
+    def accepted(n):
+        info = pub.client.publish("data/a", json.dumps({"n": n}).encode(), qos=1)
+        return wait_for(lambda: info.mid in pub.pubacks, 20) and pub.pubacks[info.mid] < 0x80
+    assert wait_for(lambda: accepted(10), 60, interval=1)
+    acked.append(10)
+    got = set(numbers(kafka.consume(topic, count=20, timeout=20)))
+    assert set(acked) <= got, f"acknowledged but not in Kafka: {sorted(set(acked) - got)}"

@@ -33,7 +33,8 @@ def test_kafka_gets_exactly_the_selected_rows_with_key_topic_and_headers(standal
         SELECT clientid, payload.temp AS t, topic_level(2) AS room
         FROM "sensors/+/data" WHERE payload.temp > 30""",
         [{"name": "k", "kafka": {"bootstrapServers": kafka.bootstrap, "topic": topic,
-                                  "key": "${room}", "headers": {"who": "${clientid}"}}}])
+                                  "key": "${room}", "headers": {"who": "${clientid}"},
+                                  "compression": "zstd"}}])
     broker = standalone([rule])
     sent = [("kitchen", 31.5), ("kitchen", 12), ("hall", 40), ("garage", 30), ("hall", 33)]
     for room, temp in sent:

@@ -10,6 +10,7 @@ use async_nats::jetstream::{self, AckKind, consumer};
 use cmq_topic::subject::subject_to_topic;
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
 use tracing::{debug, info, warn};
 
 use super::Ctx;
@@ -19,7 +20,7 @@ use crate::state::nats::codec;
 
 /// The consumer every dispatcher of a cluster shares on each message stream.
 pub const DURABLE: &str = "cmq-dispatch";
-/// Queue group of the live feed and the `sync` requests.
+/// Queue group of the dispatch feed and the `sync` requests.
 pub const QUEUE_GROUP: &str = "cmq-dispatch";
 /// A message not acknowledged within this is given to another dispatcher; slow sinks
 /// keep theirs with progress acknowledgements.
@@ -80,7 +81,10 @@ pub async fn stored(ctx: Arc<Ctx>, js: jetstream::Context, shard: u16) {
     };
     let prefix = ctx.names.stored_pattern(shard, "");
     let mut backoff = Duration::from_millis(200);
-    while !ctx.stop.is_cancelled() {
+    // This task hands messages over in order and polls their confirmations and acks.
+    let mut in_flight = FuturesUnordered::new();
+    let limit = ctx.in_flight_per_source;
+    'consumers: while !ctx.stop.is_cancelled() {
         let consumer = match stream.get_or_create_consumer(DURABLE, config.clone()).await {
             Ok(c) => c,
             Err(e) => {
@@ -110,11 +114,16 @@ pub async fn stored(ctx: Arc<Ctx>, js: jetstream::Context, shard: u16) {
         info!(shard, "consuming the message stream");
         loop {
             let next = tokio::select! {
-                _ = ctx.stop.cancelled() => return,
-                n = messages.next() => n,
+                _ = ctx.stop.cancelled() => break 'consumers,
+                Some(()) = in_flight.next(), if !in_flight.is_empty() => continue,
+                n = messages.next(), if in_flight.len() < limit => n,
             };
             match next {
-                Some(Ok(m)) => take_stored(&ctx, shard, &prefix, m).await,
+                Some(Ok(m)) => {
+                    if let Some(rest) = take_stored(&ctx, shard, &prefix, m).await {
+                        in_flight.push(rest);
+                    }
+                }
                 Some(Err(e)) => {
                     debug!(shard, error = %e, "pull failed; going on");
                 }
@@ -122,12 +131,21 @@ pub async fn stored(ctx: Arc<Ctx>, js: jetstream::Context, shard: u16) {
             }
         }
     }
+    // Stopping: no new messages; the writes in flight finish (bounded by the drain timeout).
+    while in_flight.next().await.is_some() {}
 }
 
-async fn take_stored(ctx: &Arc<Ctx>, shard: u16, prefix: &str, m: jetstream::Message) {
+/// Hands one stored message to the rules; the future returned acknowledges it once its
+/// sinks are done.
+async fn take_stored(
+    ctx: &Arc<Ctx>,
+    shard: u16,
+    prefix: &str,
+    m: jetstream::Message,
+) -> Option<BoxFuture<'static, ()>> {
     let Ok(info) = m.info() else {
         warn!(subject = %m.subject, "stream message without metadata");
-        return;
+        return None;
     };
     let seq = info.stream_sequence;
     let timestamp_ms =
@@ -149,23 +167,19 @@ async fn take_stored(ctx: &Arc<Ctx>, shard: u16, prefix: &str, m: jetstream::Mes
     let Some(decoded) = decoded else {
         // Expired or not a message subject: nothing to forward.
         let _ = m.ack().await;
-        return;
+        return None;
     };
     let id = format!("{}-{shard}-{seq}", ctx.cluster);
     let env = envelope(decoded, id, timestamp_ms);
     let rest = ctx.engine.submit(&env, Which::Async).await;
-    let Ok(permit) = ctx.in_flight.clone().acquire_owned().await else {
-        return;
-    };
-    ctx.tasks.spawn(async move {
+    Some(Box::pin(async move {
         if let Some(rest) = rest {
             finish_with_progress(rest, &m).await;
         }
         if let Err(e) = m.ack().await {
             debug!(error = %e, "ack failed: the message comes again");
         }
-        drop(permit);
-    });
+    }))
 }
 
 /// Waits for `rest`, telling JetStream now and then that the message is still in work.
@@ -181,34 +195,31 @@ async fn finish_with_progress(rest: BoxFuture<'static, ()>, m: &jetstream::Messa
     }
 }
 
-/// Takes the QoS 0 messages of the live feed until `ctx.stop`.
+/// Takes the QoS 0 messages the hubs copy to the dispatch feed (those some rule's filter
+/// matches) until `ctx.stop`.
 pub async fn live(ctx: Arc<Ctx>, client: async_nats::Client) {
-    let subject = format!("cmq.{}.l.>", ctx.cluster);
+    let subject = ctx.names.dispatch_feed_wildcard();
     let mut sub = match client
         .queue_subscribe(subject.clone(), QUEUE_GROUP.into())
         .await
     {
         Ok(s) => s,
         Err(e) => {
-            warn!(subject, error = %e, "cannot subscribe to the live feed: QoS 0 is not forwarded");
+            warn!(subject, error = %e, "cannot subscribe to the dispatch feed: QoS 0 is not forwarded");
             return;
         }
     };
     let counter = AtomicU64::new(0);
+    let mut in_flight = FuturesUnordered::new();
+    let limit = ctx.in_flight_per_source;
     loop {
         let next = tokio::select! {
             _ = ctx.stop.cancelled() => break,
-            n = sub.next() => n,
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => continue,
+            n = sub.next(), if in_flight.len() < limit => n,
         };
         let Some(m) = next else { break };
-        // Stored messages come again here (the streams republish them): skip those.
-        if m.headers
-            .as_ref()
-            .is_some_and(|h| h.get(async_nats::header::NATS_SEQUENCE).is_some())
-        {
-            continue;
-        }
-        let Some((_, suffix)) = ctx.names.parse_live(m.subject.as_str()) else {
+        let Some(suffix) = ctx.names.parse_dispatch_feed(m.subject.as_str()) else {
             continue;
         };
         let Ok(topic) = subject_to_topic(suffix) else {
@@ -225,16 +236,10 @@ pub async fn live(ctx: Arc<Ctx>, client: async_nats::Client) {
             format!("{}-q0-{n}", ctx.id),
             crate::dispatch::local::now_ms(),
         );
-        let Some(rest) = ctx.engine.submit(&env, Which::All).await else {
-            continue;
-        };
-        let Ok(permit) = ctx.in_flight.clone().acquire_owned().await else {
-            break;
-        };
-        ctx.tasks.spawn(async move {
-            rest.await;
-            drop(permit);
-        });
+        if let Some(rest) = ctx.engine.submit(&env, Which::All).await {
+            in_flight.push(rest);
+        }
     }
     let _ = sub.unsubscribe().await;
+    while in_flight.next().await.is_some() {}
 }

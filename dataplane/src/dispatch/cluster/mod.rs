@@ -1,7 +1,7 @@
 //! `cmq dispatch`: a dispatch process of a cluster. It reads the rules from the
 //! `cmq_<c>_rules` bucket, takes QoS 1/2 messages from the message streams through one
 //! durable pull consumer per shard (shared by every dispatcher, so their count is fixed
-//! by the deployment, not the fleet), takes QoS 0 messages from the live feed through a
+//! by the deployment, not the fleet), takes QoS 0 messages from the dispatch feed through a
 //! queue subscription, answers the hubs' `sync` requests, and reports per-rule counts.
 
 mod consume;
@@ -17,7 +17,7 @@ use anyhow::Context;
 use async_nats::jetstream;
 use clap::Args;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -70,7 +70,8 @@ pub(crate) struct Ctx {
     pub names: Names,
     pub cluster: String,
     pub id: String,
-    pub in_flight: Arc<Semaphore>,
+    /// Messages awaited at once per source (each shard's consumer, the QoS 0 feed).
+    pub in_flight_per_source: usize,
     pub tasks: TaskTracker,
     pub stop: CancellationToken,
 }
@@ -134,24 +135,22 @@ pub async fn run(args: DispatchArgs) -> anyhow::Result<()> {
         names,
         cluster: args.cluster.clone(),
         id: id.clone(),
-        in_flight: Arc::new(Semaphore::new(args.in_flight.max(1))),
+        in_flight_per_source: (args.in_flight / (usize::from(args.shards.max(1)) + 1)).max(64),
         tasks: TaskTracker::new(),
         stop: stop.clone(),
     });
-    let mut loops = Vec::new();
+    // Each source's task stops taking messages on `stop`, then finishes its writes in
+    // flight; `tasks` tracks them (and the sync requests being answered).
     for shard in 0..args.shards.max(1) {
-        loops.push(tokio::spawn(consume::stored(
-            ctx.clone(),
-            js.clone(),
-            shard,
-        )));
+        ctx.tasks
+            .spawn(consume::stored(ctx.clone(), js.clone(), shard));
     }
-    loops.push(tokio::spawn(consume::live(ctx.clone(), client.clone())));
-    loops.push(tokio::spawn(service::sync_requests(
+    ctx.tasks.spawn(consume::live(ctx.clone(), client.clone()));
+    ctx.tasks.spawn(service::sync_requests(
         ctx.clone(),
         client.clone(),
         Duration::from_millis(args.sync_timeout_ms),
-    )));
+    ));
     tokio::spawn(report::publish(
         js.clone(),
         args.cluster.clone(),
@@ -188,9 +187,6 @@ pub async fn run(args: DispatchArgs) -> anyhow::Result<()> {
     ready.store(false, Ordering::Release);
     info!("shutting down: no new messages; waiting for the writes in flight");
     stop.cancel();
-    for l in loops {
-        let _ = l.await;
-    }
     ctx.tasks.close();
     let drain = Duration::from_millis(args.drain_timeout_ms);
     if tokio::time::timeout(drain, ctx.tasks.wait()).await.is_err() {

@@ -1,6 +1,6 @@
 //! MQTT republish from a dispatcher: the message goes into the cluster as a hub would put
-//! it there (QoS 0 on the live feed, QoS 1/2 into its stream, retained into the retained
-//! stream), with the rule's name so that rule does not match it again.
+//! it there (QoS 0 on the live and dispatch feeds, QoS 1/2 into its stream, retained into
+//! the retained stream), with the rule's name so that rule does not match it again.
 
 use std::sync::Arc;
 
@@ -62,6 +62,15 @@ impl Republisher for NatsRepublisher {
             }
             let shard = shard_of(&message.topic, self.shards);
             if message.qos == QoS::AtMostOnce {
+                // Other rules may read it too: the dispatch feed as well as the live one.
+                self.client
+                    .publish_with_headers(
+                        self.names.dispatch_feed(&message.topic),
+                        headers.clone(),
+                        message.payload.clone(),
+                    )
+                    .await
+                    .map_err(|e| unavailable("publishing a message", e))?;
                 return self
                     .client
                     .publish_with_headers(

@@ -43,7 +43,7 @@ impl Sink for HttpSink {
         "http"
     }
 
-    fn submit(&self, out: Output) -> BoxFuture<'_, Result<Pending, SinkError>> {
+    fn submit<'a>(&'a self, out: &'a Output) -> BoxFuture<'a, Result<Pending, SinkError>> {
         let mut request = self
             .client
             .request(self.method.clone(), self.url.clone())
@@ -56,7 +56,7 @@ impl Sink for HttpSink {
         for (key, value) in &out.headers {
             request = request.header(key, value.as_slice());
         }
-        let request = request.body(out.value);
+        let request = request.body(out.value.clone());
         let pending: Pending = Box::pin(async move {
             let response = request
                 .send()

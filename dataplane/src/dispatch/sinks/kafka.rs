@@ -131,7 +131,7 @@ impl Sink for KafkaSink {
         "kafka"
     }
 
-    fn submit(&self, out: Output) -> BoxFuture<'_, Result<Pending, SinkError>> {
+    fn submit<'a>(&'a self, out: &'a Output) -> BoxFuture<'a, Result<Pending, SinkError>> {
         let mut headers = OwnedHeaders::new_with_capacity(out.headers.len());
         for (key, value) in &out.headers {
             headers = headers.insert(Header {

@@ -65,7 +65,7 @@ pub trait Sink: Send + Sync {
     /// `kafka`, `nats`, `http` or `mqtt` (metrics label).
     fn kind(&self) -> &'static str;
     /// Queues `out`; calls keep their order in the sink. Resolves to the confirmation.
-    fn submit(&self, out: Output) -> BoxFuture<'_, Result<Pending, SinkError>>;
+    fn submit<'a>(&'a self, out: &'a Output) -> BoxFuture<'a, Result<Pending, SinkError>>;
     /// Whether a write now would be taken without waiting long: `sync` rules refuse a
     /// publish at once (MQTT 5 0x97) when the sink is down or saturated.
     fn ready(&self) -> Result<(), SinkError> {

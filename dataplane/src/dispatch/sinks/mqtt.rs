@@ -31,7 +31,7 @@ impl Sink for MqttSink {
         "mqtt"
     }
 
-    fn submit(&self, out: Output) -> BoxFuture<'_, Result<Pending, SinkError>> {
+    fn submit<'a>(&'a self, out: &'a Output) -> BoxFuture<'a, Result<Pending, SinkError>> {
         if let Err(e) = cmq_topic::validate_name(&out.topic, &cmq_topic::TopicLimits::default()) {
             let reason = format!("mqtt: cannot publish to {:?}: {e}", out.topic);
             return Box::pin(futures_util::future::ready(Err(SinkError::fatal(reason))));
@@ -43,14 +43,14 @@ impl Sink for MqttSink {
         };
         let message = Arc::new(Message {
             topic: Arc::from(out.topic.as_str()),
-            payload: out.value,
+            payload: out.value.clone(),
             qos,
             retain: out.retain,
             properties: None,
             expires_at: None,
             origin: None,
             stored: None,
-            rule: Some(out.rule),
+            rule: Some(out.rule.clone()),
         });
         let target = self.target.clone();
         let pending: Pending = Box::pin(async move {

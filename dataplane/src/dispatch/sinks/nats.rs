@@ -32,17 +32,17 @@ impl Sink for NatsSink {
         "nats"
     }
 
-    fn submit(&self, out: Output) -> BoxFuture<'_, Result<Pending, SinkError>> {
+    fn submit<'a>(&'a self, out: &'a Output) -> BoxFuture<'a, Result<Pending, SinkError>> {
         Box::pin(async move {
-            let headers = headers(&out);
+            let headers = headers(out);
             match &self.js {
                 Some(js) => {
                     let publish = jetstream::message::PublishMessage::build()
-                        .payload(out.value)
+                        .payload(out.value.clone())
                         .headers(headers)
                         .message_id(&*out.id);
                     let ack = js
-                        .send_publish(out.topic, publish)
+                        .send_publish(out.topic.clone(), publish)
                         .await
                         .map_err(|e| SinkError::retriable(format!("nats: {e}")))?;
                     let pending: Pending = Box::pin(async move {
@@ -55,7 +55,7 @@ impl Sink for NatsSink {
                 None => {
                     let sent = self
                         .client
-                        .publish_with_headers(out.topic, headers, out.value)
+                        .publish_with_headers(out.topic.clone(), headers, out.value.clone())
                         .await
                         .map_err(|e| SinkError::retriable(format!("nats: {e}")));
                     Ok(done(sent))

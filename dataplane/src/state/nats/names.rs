@@ -7,6 +7,8 @@
 //! | stream `cmq_<c>_retained`, subjects `cmq.<c>.r.<topic>` | newest retained message per topic |
 //! | KV `cmq_<c>_sessions`, key = escaped client id | session records |
 //! | core `cmq.<c>.ctl.<hub>` | requests to one hub (takeover) |
+//! | core `cmq.<c>.d.<topic>` | QoS 0 messages some ForwardRule reads, for the dispatchers |
+//! | core `cmq.<c>.dispatch.sync` | `sync` rule requests from hubs to dispatchers |
 
 use cmq_topic::subject::{escape_token, topic_to_subject};
 
@@ -67,6 +69,10 @@ impl Names {
         &self.hub
     }
 
+    pub fn cluster(&self) -> &str {
+        &self.cluster
+    }
+
     pub fn msgs_stream(&self, shard: u16) -> String {
         format!("cmq_{}_msgs_{shard}", self.cluster)
     }
@@ -114,6 +120,23 @@ impl Names {
         let rest = subject.strip_prefix(self.live_prefix.as_str())?;
         let (shard, topic) = rest.split_once('.')?;
         Some((shard.parse().ok()?, topic))
+    }
+
+    /// The dispatchers' feed of QoS 0 messages (stored ones they read from the streams).
+    pub fn dispatch_feed(&self, topic: &str) -> String {
+        format!("cmq.{}.d.{}", self.cluster, topic_to_subject(topic))
+    }
+
+    pub fn dispatch_feed_wildcard(&self) -> String {
+        format!("cmq.{}.d.>", self.cluster)
+    }
+
+    /// The topic part of a dispatch feed subject.
+    pub fn parse_dispatch_feed<'a>(&self, subject: &'a str) -> Option<&'a str> {
+        subject
+            .strip_prefix("cmq.")?
+            .strip_prefix(self.cluster.as_str())?
+            .strip_prefix(".d.")
     }
 
     pub fn retained(&self, topic: &str) -> String {
