@@ -21,6 +21,9 @@ pub struct HubArgs {
     /// Admin HTTP address: /metrics, /healthz, /readyz ("off" disables it).
     #[arg(long, env = "CMQ_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
     pub admin_listen: String,
+    /// CoAP over UDP listen address ("off" disables it).
+    #[arg(long, env = "CMQ_COAP_LISTEN", default_value = "0.0.0.0:5683")]
+    pub coap_listen: String,
     /// Folder of resource YAML files: MqttCluster (listeners, limits, auth defaults),
     /// DeviceCredential, TopicAcl and the Secrets credentials refer to.
     #[arg(long, env = "CMQ_MANIFESTS")]
@@ -194,6 +197,8 @@ pub struct Listeners {
     pub mqtts: Option<SocketAddr>,
     pub wss: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
+    /// CoAP over UDP.
+    pub coap: Option<SocketAddr>,
 }
 
 /// Invalid settings, reported at start.
@@ -239,6 +244,7 @@ impl HubArgs {
             mqtts: parse_listen("--mqtts-listen", &self.tls.mqtts_listen)?,
             wss: parse_listen("--wss-listen", &self.tls.wss_listen)?,
             admin: parse_listen("--admin-listen", &self.admin_listen)?,
+            coap: parse_listen("--coap-listen", &self.coap_listen)?,
         };
         if let Some(l) = spec.map(|s| &s.listeners) {
             apply_listener(
@@ -264,6 +270,12 @@ impl HubArgs {
                 l.wss.as_ref(),
                 &self.tls.wss_listen,
                 "0.0.0.0:8084",
+            );
+            apply_listener(
+                &mut listeners.coap,
+                l.coap.as_ref(),
+                &self.coap_listen,
+                "0.0.0.0:5683",
             );
         }
         if self.tls.tls_cert.is_none() || self.tls.tls_key.is_none() {

@@ -4,6 +4,7 @@
 pub mod access;
 pub mod admin;
 pub mod broker;
+pub mod coap;
 pub mod codec;
 pub mod config;
 pub mod connection;

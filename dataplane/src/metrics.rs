@@ -34,6 +34,8 @@ pub struct Metrics {
     pub cluster: ClusterMetrics,
     /// Authentication, ACLs, registry and TLS.
     pub access: crate::access::AccessMetrics,
+    /// The CoAP gateway.
+    pub coap: crate::coap::CoapMetrics,
 }
 
 /// What an operator graphs about a hub in a cluster.
@@ -176,9 +178,11 @@ impl Metrics {
             registry.register(name, help, counter.clone());
         }
         let access = crate::access::AccessMetrics::register(&mut registry);
+        let coap = crate::coap::CoapMetrics::register(&mut registry);
         Self {
             cluster,
             access,
+            coap,
             registry,
             connections,
             sessions,

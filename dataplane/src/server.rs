@@ -239,6 +239,14 @@ async fn run(
             tasks.clone(),
         )));
     }
+    let coap = match listeners.coap {
+        Some(addr) => Some(
+            crate::coap::start(addr, broker.clone(), metrics.coap.clone(), shutdown.clone())
+                .await
+                .with_context(|| format!("cannot listen on {addr} (CoAP, UDP)"))?,
+        ),
+        None => None,
+    };
     let admin_shutdown = CancellationToken::new();
     let admin_task = match listeners.admin {
         Some(addr) => {
@@ -273,6 +281,9 @@ async fn run(
     shutdown.cancel();
     for s in servers {
         let _ = s.await;
+    }
+    if let Some(c) = coap {
+        let _ = c.await;
     }
     tasks.close();
     // A spread drain needs its whole period, whatever the timeout says.

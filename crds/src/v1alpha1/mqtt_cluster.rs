@@ -114,6 +114,9 @@ pub struct ListenersSpec {
     /// MQTT over secure WebSocket, path `/mqtt` (default port 8084); runs when `tls` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wss: Option<ListenerSpec>,
+    /// CoAP over UDP (default port 5683): `/ps/{topic}` publish, observe and retained read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coap: Option<ListenerSpec>,
     /// The certificate of the TLS listeners and how they treat client certificates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,

@@ -1,0 +1,270 @@
+//! The resources: `/ps/{topic}` (publish, observe, retained read) and `/.well-known/core`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use coap_lite::{ContentFormat, Packet, RequestType, ResponseType};
+use mqttbytes::QoS;
+use tracing::debug;
+
+use super::Gateway;
+use super::request::{self, Request};
+use crate::access::AuthError;
+use crate::broker::{Message, Origin};
+
+/// Who sent a request, and what they may do.
+pub struct Client {
+    pub client_id: Arc<str>,
+    pub username: Option<Arc<str>>,
+    pub grant: crate::access::Grant,
+}
+
+fn method_label(m: RequestType) -> &'static str {
+    match m {
+        RequestType::Get => "GET",
+        RequestType::Post => "POST",
+        RequestType::Put => "PUT",
+        RequestType::Delete => "DELETE",
+        RequestType::Fetch => "FETCH",
+        RequestType::Patch => "PATCH",
+        RequestType::IPatch => "iPATCH",
+        RequestType::UnKnown => "unknown",
+    }
+}
+
+/// Handles one request; returns the response bytes (empty: already sent or none), the
+/// method and the response code for the metrics.
+pub async fn handle(
+    gw: &Arc<Gateway>,
+    packet: Packet,
+    peer: SocketAddr,
+) -> (Arc<Vec<u8>>, &'static str, String) {
+    let confirmable = packet.header.get_type() == coap_lite::MessageType::Confirmable;
+    let mid = packet.header.message_id;
+    let token = packet.get_token().to_vec();
+    let req = match Request::parse(packet) {
+        Ok(r) => r,
+        Err(e) => {
+            debug!(%peer, reason = e.0, "bad CoAP request");
+            let code = if e.0 == "unknown critical option" {
+                ResponseType::BadOption
+            } else {
+                ResponseType::BadRequest
+            };
+            let mut p = request::response(confirmable, mid, gw.next_mid(), &token, code);
+            p.payload = e.0.as_bytes().to_vec();
+            return (
+                Arc::new(request::encode(&p)),
+                "unknown",
+                request::code_text(code),
+            );
+        }
+    };
+    let method = method_label(req.method);
+    let (code, payload, sent) = route(gw, &req, peer).await;
+    if let Some(bytes) = sent {
+        return (Arc::new(bytes), method, request::code_text(code));
+    }
+    let mut p = request::response(req.confirmable, req.mid, gw.next_mid(), &req.token, code);
+    if let Some((body, format)) = payload {
+        if let Some(f) = format {
+            p.set_content_format(f);
+        }
+        p.payload = body;
+    }
+    (
+        Arc::new(request::encode(&p)),
+        method,
+        request::code_text(code),
+    )
+}
+
+type Outcome = (
+    ResponseType,
+    Option<(Vec<u8>, Option<ContentFormat>)>,
+    Option<Vec<u8>>,
+);
+
+fn answer(code: ResponseType) -> Outcome {
+    (code, None, None)
+}
+
+fn answer_text(code: ResponseType, text: &str) -> Outcome {
+    (code, Some((text.as_bytes().to_vec(), None)), None)
+}
+
+async fn route(gw: &Arc<Gateway>, req: &Request, peer: SocketAddr) -> Outcome {
+    let path: Vec<&str> = req.path.iter().map(String::as_str).collect();
+    match path.as_slice() {
+        [".well-known", "core"] if req.method == RequestType::Get => (
+            ResponseType::Content,
+            Some((
+                b"</ps>;rt=\"core.ps\";obs".to_vec(),
+                Some(ContentFormat::ApplicationLinkFormat),
+            )),
+            None,
+        ),
+        ["ps", rest @ ..] if !rest.is_empty() => {
+            let topic = rest.join("/");
+            let client = match authenticate(gw, req, peer).await {
+                Ok(c) => c,
+                Err(code) => return answer(code),
+            };
+            match (req.method, req.observe) {
+                (RequestType::Post | RequestType::Put, _) => publish(gw, req, &client, topic).await,
+                (RequestType::Get, Some(0)) => {
+                    super::observer::register(gw, req, peer, client, topic).await
+                }
+                (RequestType::Get, Some(1)) => {
+                    super::observer::deregister(gw, req, peer, &client, &topic).await
+                }
+                (RequestType::Get, None) => retained(gw, &client, &topic).await,
+                (RequestType::Get, Some(_)) => {
+                    answer_text(ResponseType::BadRequest, "invalid observe value")
+                }
+                _ => answer(ResponseType::MethodNotAllowed),
+            }
+        }
+        _ => answer(ResponseType::NotFound),
+    }
+}
+
+/// The client of a request, from the `clientid`, `username` and `password` query
+/// parameters (the client id defaults to one made of the peer's address).
+async fn authenticate(
+    gw: &Gateway,
+    req: &Request,
+    peer: SocketAddr,
+) -> Result<Client, ResponseType> {
+    let client_id: Arc<str> = match req.param("clientid") {
+        Some(c) if !c.is_empty() => Arc::from(c),
+        _ => Arc::from(format!("coap-{}-{}", peer.ip(), peer.port())),
+    };
+    let username = req.param("username").filter(|u| !u.is_empty());
+    let password = req
+        .param("password")
+        .filter(|p| !p.is_empty())
+        .map(str::as_bytes);
+    let access = &gw.broker.access;
+    let mut principal = match access
+        .authenticate(peer.ip(), client_id.clone(), username, password, None)
+        .await
+    {
+        Ok(p) => p,
+        Err(AuthError::RateLimited) => return Err(ResponseType::TooManyRequests),
+        Err(e) => {
+            debug!(client_id = %client_id, reason = ?e, "CoAP authentication failed");
+            return Err(ResponseType::Unauthorized);
+        }
+    };
+    let grant = access
+        .grant(&mut principal)
+        .map_err(|_| ResponseType::Unauthorized)?;
+    Ok(Client {
+        client_id,
+        username: username.map(Arc::from),
+        grant,
+    })
+}
+
+fn qos_of(req: &Request) -> Result<QoS, ()> {
+    match req.param("qos") {
+        None => Ok(if req.confirmable {
+            QoS::AtLeastOnce
+        } else {
+            QoS::AtMostOnce
+        }),
+        Some("0") => Ok(QoS::AtMostOnce),
+        Some("1") => Ok(QoS::AtLeastOnce),
+        Some("2") => Ok(QoS::ExactlyOnce),
+        Some(_) => Err(()),
+    }
+}
+
+/// `POST|PUT /ps/{topic}`: 2.04 once the hub accepted the message (stored, in a cluster).
+async fn publish(gw: &Gateway, req: &Request, client: &Client, topic: String) -> Outcome {
+    let broker = &gw.broker;
+    if let Err(e) = cmq_topic::validate_name(&topic, &broker.limits.topic) {
+        return answer_text(ResponseType::BadRequest, &format!("invalid topic: {e}"));
+    }
+    let Ok(qos) = qos_of(req) else {
+        return answer_text(ResponseType::BadRequest, "qos must be 0, 1 or 2");
+    };
+    let retain = matches!(req.param("retain"), Some("true" | "1"));
+    if req.payload.len() > broker.limits.max_packet_size {
+        return answer(ResponseType::RequestEntityTooLarge);
+    }
+    if !client.grant.is_allow_all() && !client.grant.may_publish(&topic, qos, retain) {
+        broker.metrics.access.denied_publish.inc();
+        return answer(ResponseType::Forbidden);
+    }
+    let message = Arc::new(Message {
+        topic: Arc::from(topic),
+        payload: Bytes::from(req.payload.clone()),
+        qos,
+        retain,
+        properties: None,
+        expires_at: None,
+        origin: Some(Origin {
+            session: 0,
+            client_id: client.client_id.clone(),
+            username: client.username.clone(),
+        }),
+        stored: None,
+        rule: None,
+    });
+    broker.metrics.received[qos as usize].inc();
+    if qos != QoS::AtMostOnce
+        && let Some(f) = broker.forwarder()
+        && f.gates(&message.topic)
+        && let Err(reason) = f.gate(message.clone()).await
+    {
+        debug!(reason, "a sync rule cannot take the CoAP publish");
+        return answer_text(ResponseType::ServiceUnavailable, &reason);
+    }
+    let result = if qos != QoS::AtMostOnce && broker.state.bus.stores_messages() {
+        match broker.publish_stored(message).await {
+            Ok(ack) => ack.await,
+            Err(e) => Err(e),
+        }
+    } else {
+        broker.publish(message).await.map(|_| ())
+    };
+    match result {
+        Ok(()) => answer(ResponseType::Changed),
+        Err(e) => {
+            debug!(error = %e, "CoAP publish not accepted");
+            answer(ResponseType::ServiceUnavailable)
+        }
+    }
+}
+
+/// `GET /ps/{topic}` without Observe: the topic's retained message.
+async fn retained(gw: &Gateway, client: &Client, topic: &str) -> Outcome {
+    let broker = &gw.broker;
+    if cmq_topic::validate_name(topic, &broker.limits.topic).is_err() {
+        return answer_text(ResponseType::BadRequest, "a retained read names one topic");
+    }
+    if !client.grant.is_allow_all() && !client.grant.may_subscribe(topic, QoS::AtMostOnce) {
+        broker.metrics.access.denied_subscribe.inc();
+        return answer(ResponseType::Forbidden);
+    }
+    match broker.state.retained.matching(topic).await {
+        Ok(found) => {
+            let now = std::time::Instant::now();
+            match found.into_iter().find(|m| !m.expired(now)) {
+                Some(m) => (
+                    ResponseType::Content,
+                    Some((m.payload.to_vec(), None)),
+                    None,
+                ),
+                None => answer(ResponseType::NotFound),
+            }
+        }
+        Err(e) => {
+            debug!(error = %e, "retained read failed");
+            answer(ResponseType::ServiceUnavailable)
+        }
+    }
+}
