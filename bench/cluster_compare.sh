@@ -92,7 +92,7 @@ start_hubs() { # round cluster
     port=${ports[base + 2 * (i - 1)]}
     admin=${ports[base + 2 * (i - 1) + 1]}
     RUST_LOG=warn "$cmq" hub --nats "nats://127.0.0.1:$nats_port" --cluster "$cluster" \
-      --hub-id "h$i" --mqtt-listen "127.0.0.1:$port" --ws-listen off \
+      --hub-id "h$i" --mqtt-listen "127.0.0.1:$port" --ws-listen off --coap-listen off \
       --admin-listen "127.0.0.1:$admin" >"$out/hub-r$round-h$i.log" 2>&1 &
     pid=$!
     pids+=("$pid")

@@ -38,7 +38,7 @@ def start_hub(cmq: str, nats: NatsServer, cluster: str, index: int, workdir: Pat
     log = open(workdir / f"hub{index}.log", "wb")
     proc = subprocess.Popen(
         [cmq, "hub", "--nats", nats.url, "--cluster", cluster, "--hub-id", f"h{index}",
-         "--mqtt-listen", f"127.0.0.1:{port}", "--ws-listen", "off",
+         "--mqtt-listen", f"127.0.0.1:{port}", "--ws-listen", "off", "--coap-listen", "off",
          "--admin-listen", f"127.0.0.1:{admin}", "--max-connections", "200000"],
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "RUST_LOG": "warn"})
     deadline = time.monotonic() + 20

@@ -24,7 +24,7 @@ CONF
 
 start_broker() { # name -> prints pid
   case "$1" in
-    cmq) taskset -c 0 "$cmq" standalone --mqtt-listen 127.0.0.1:$port --ws-listen off \
+    cmq) taskset -c 0 "$cmq" standalone --mqtt-listen 127.0.0.1:$port --ws-listen off --coap-listen off \
            --admin-listen off >"$out/cmq.log" 2>&1 & ;;
     mosquitto) taskset -c 0 mosquitto -c "$out/mosquitto.conf" >"$out/mosquitto.log" 2>&1 & ;;
   esac

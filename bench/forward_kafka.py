@@ -101,7 +101,7 @@ class Cmq:
         (work / "m").mkdir(exist_ok=True)
         (work / "m" / "rules.yaml").write_text(rules)
         log = open(work / f"cmq-{mode}.log", "ab")
-        listen = ["--mqtt-listen", f"{HOST}:{self.port}", "--ws-listen", "off",
+        listen = ["--mqtt-listen", f"{HOST}:{self.port}", "--ws-listen", "off", "--coap-listen", "off",
                   "--admin-listen", f"{HOST}:{self.admin}"]
         if mode == "standalone":
             self.procs.append(subprocess.Popen([CMQ, "standalone", "--manifests", str(work / "m"),

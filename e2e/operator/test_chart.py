@@ -91,7 +91,8 @@ def test_examples_applied_for_real(kube, operator):
     assert {"/etc/cmq", "/etc/cmq-tls", "/etc/cmq-client-ca"} <= mounts, mounts
     assert pod["containers"][0]["resources"]["requests"]["cpu"] == "500m"
     svc = wait_until(lambda: get("service", "demo-hub"), 30)
-    assert [p["port"] for p in svc["spec"]["ports"]] == [1883, 8083, 8883, 8084]
+    ports = [(p["port"], p["protocol"]) for p in svc["spec"]["ports"]]
+    assert ports == [(1883, "TCP"), (8083, "TCP"), (5683, "UDP"), (8883, "TCP"), (8084, "TCP")], ports
     hpa = wait_until(lambda: get("hpa", "demo-hub"), 30)
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 12)
     nats = wait_until(lambda: [c for c in (get("mqttcluster", "demo").get("status") or {}).get("conditions", [])

@@ -15,6 +15,7 @@ pub struct CoapMetrics {
     pub observers: Gauge,
     pub notifications: Counter,
     pub malformed: Counter,
+    pub blocks: Counter,
 }
 
 impl CoapMetrics {
@@ -50,6 +51,7 @@ impl CoapMetrics {
             "CoAP datagrams that could not be read",
             m.malformed.clone(),
         );
+        registry.register("coap_blocks", "CoAP blocks of block-wise transfers (RFC 7959) taken or served", m.blocks.clone());
         m
     }
 

@@ -9,6 +9,7 @@
 //! - `pubsub.rs`: the resources.
 //! - `observer.rs`: observations; one broker session per observing client.
 
+mod block;
 mod metrics;
 mod observer;
 mod pubsub;
@@ -58,6 +59,7 @@ pub struct Gateway {
     awaiting: Mutex<HashMap<(SocketAddr, u16), oneshot::Sender<bool>>>,
     next_mid: AtomicU16,
     pub(crate) observers: observer::Registry,
+    pub(crate) uploads: block::Uploads,
     pub(crate) metrics: CoapMetrics,
 }
 
@@ -78,6 +80,7 @@ impl Gateway {
             // A random start, so a restarted hub does not reuse recent ids.
             next_mid: AtomicU16::new(rand::random()),
             observers: observer::Registry::default(),
+            uploads: block::Uploads::default(),
             metrics,
         }))
     }
@@ -104,6 +107,7 @@ impl Gateway {
         self.exchanges
             .lock()
             .retain(|_, e| now.duration_since(e.at) < EXCHANGE_LIFETIME);
+        self.uploads.sweep();
     }
 
     pub(crate) fn next_mid(&self) -> u16 {

@@ -4,11 +4,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use coap_lite::{ContentFormat, Packet, RequestType, ResponseType};
+use coap_lite::{CoapOption, ContentFormat, MessageClass, Packet, RequestType, ResponseType};
 use mqttbytes::QoS;
 use tracing::debug;
 
 use super::Gateway;
+use super::block::{self, Block, Step};
 use super::request::{self, Request};
 use crate::access::AuthError;
 use crate::broker::{Message, Origin};
@@ -37,12 +38,66 @@ fn method_label(m: RequestType) -> &'static str {
 /// method and the response code for the metrics.
 pub async fn handle(
     gw: &Arc<Gateway>,
-    packet: Packet,
+    mut packet: Packet,
     peer: SocketAddr,
 ) -> (Arc<Vec<u8>>, &'static str, String) {
     let confirmable = packet.header.get_type() == coap_lite::MessageType::Confirmable;
     let mid = packet.header.message_id;
     let token = packet.get_token().to_vec();
+    let label = match packet.header.code {
+        MessageClass::Request(m) => method_label(m),
+        _ => "unknown",
+    };
+    let reply = |code: ResponseType, options: Vec<(CoapOption, Vec<u8>)>| {
+        let mut p = request::response(confirmable, mid, gw.next_mid(), &token, code);
+        for (o, v) in options {
+            p.add_option(o, v);
+        }
+        (Arc::new(request::encode(&p)), label, request::code_text(code))
+    };
+    let (Ok(block1), Ok(block2)) = (
+        block::option(&packet, CoapOption::Block1),
+        block::option(&packet, CoapOption::Block2),
+    ) else {
+        return reply(ResponseType::BadOption, Vec::new());
+    };
+    // Uploads: the body is published once, with its last block.
+    let mut last_block1 = None;
+    if let (Some(b), MessageClass::Request(RequestType::Post | RequestType::Put)) =
+        (block1, packet.header.code)
+    {
+        let path = packet
+            .get_option(CoapOption::UriPath)
+            .map(|segments| {
+                segments
+                    .iter()
+                    .map(|s| String::from_utf8_lossy(s).into_owned())
+                    .collect::<Vec<_>>()
+                    .join("/")
+            })
+            .unwrap_or_default();
+        let max = gw.broker.limits.max_packet_size;
+        match gw.uploads.take(peer, &packet, &path, b, max) {
+            Step::Continue => {
+                gw.metrics.blocks.inc();
+                let echo = Block { more: true, ..b };
+                return reply(ResponseType::Continue, vec![(CoapOption::Block1, echo.encode())]);
+            }
+            Step::Done(body) => {
+                gw.metrics.blocks.inc();
+                packet.payload = body;
+                last_block1 = Some(b);
+            }
+            Step::Incomplete => return reply(ResponseType::RequestEntityIncomplete, Vec::new()),
+            Step::TooLarge => {
+                let size = u32::try_from(max).unwrap_or(u32::MAX);
+                return reply(
+                    ResponseType::RequestEntityTooLarge,
+                    vec![(CoapOption::Size1, block::uint(size))],
+                );
+            }
+        }
+    }
     let req = match Request::parse(packet) {
         Ok(r) => r,
         Err(e) => {
@@ -67,17 +122,32 @@ pub async fn handle(
         return (Arc::new(bytes), method, request::code_text(code));
     }
     let mut p = request::response(req.confirmable, req.mid, gw.next_mid(), &req.token, code);
+    if let Some(b) = last_block1 {
+        p.add_option(CoapOption::Block1, b.encode());
+    }
     if let Some((body, format)) = payload {
         if let Some(f) = format {
             p.set_content_format(f);
         }
-        p.payload = body;
+        // Larger than one block, or the client asks for a block: Block2.
+        if body.len() > block::BLOCK || block2.is_some() {
+            let (num, szx) = block2.map_or((0, block::SZX), |b| (b.num, b.szx.min(block::SZX)));
+            let Some((part, b)) = block::slice(&body, num, szx) else {
+                let code = ResponseType::BadOption;
+                let p = request::response(req.confirmable, req.mid, gw.next_mid(), &req.token, code);
+                return (Arc::new(request::encode(&p)), method, request::code_text(code));
+            };
+            if num == 0 {
+                p.add_option(CoapOption::Size2, block::uint(u32::try_from(body.len()).unwrap_or(u32::MAX)));
+            }
+            p.add_option(CoapOption::Block2, b.encode());
+            p.payload = part.to_vec();
+            gw.metrics.blocks.inc();
+        } else {
+            p.payload = body;
+        }
     }
-    (
-        Arc::new(request::encode(&p)),
-        method,
-        request::code_text(code),
-    )
+    (Arc::new(request::encode(&p)), method, request::code_text(code))
 }
 
 type Outcome = (

@@ -400,6 +400,12 @@ fn hub_deployment(
         port("ws", 8083),
         port("admin", ADMIN_PORT),
     ];
+    if coap_enabled(c) {
+        ports.push(ContainerPort {
+            protocol: Some("UDP".into()),
+            ..port("coap", coap_port(c))
+        });
+    }
     let mut volumes = vec![Volume {
         name: "config".into(),
         config_map: Some(ConfigMapVolumeSource {
@@ -519,6 +525,26 @@ fn mount(name: &str, path: &str) -> VolumeMount {
     }
 }
 
+/// The CoAP listener runs unless the spec turns it off.
+fn coap_enabled(c: &MqttCluster) -> bool {
+    c.spec
+        .hub
+        .listeners
+        .coap
+        .as_ref()
+        .is_none_or(|l| l.enabled)
+}
+
+/// The port the hubs' CoAP listener uses.
+fn coap_port(c: &MqttCluster) -> i32 {
+    c.spec
+        .hub
+        .listeners
+        .coap
+        .as_ref()
+        .map_or(5683, |l| i32::from(l.port))
+}
+
 fn hub_service(c: &MqttCluster, mut metadata: ObjectMeta) -> Service {
     let svc = &c.spec.hub.service;
     if !svc.annotations.is_empty() {
@@ -532,6 +558,13 @@ fn hub_service(c: &MqttCluster, mut metadata: ObjectMeta) -> Service {
         ..ServicePort::default()
     };
     let mut ports = vec![sp("mqtt", 1883), sp("ws", 8083)];
+    if coap_enabled(c) {
+        // TCP and UDP on one load balancer (mixed protocols, Kubernetes >= 1.26).
+        ports.push(ServicePort {
+            protocol: Some("UDP".into()),
+            ..sp("coap", 5683)
+        });
+    }
     if c.spec
         .hub
         .listeners
@@ -618,7 +651,7 @@ mod tests {
             Some("/readyz")
         );
         assert!(ch.hpa.is_none());
-        assert_eq!(service_ports(&ch), vec![1883, 8083]);
+        assert_eq!(service_ports(&ch), vec![1883, 8083, 5683]);
     }
 
     #[test]
@@ -639,7 +672,7 @@ mod tests {
         let hpa = ch.hpa.clone().unwrap().spec.unwrap();
         assert_eq!((hpa.min_replicas, hpa.max_replicas), (Some(2), 6));
         assert_eq!(hpa.metrics.unwrap().len(), 2);
-        assert_eq!(service_ports(&ch), vec![1883, 8083, 8883, 8084]);
+        assert_eq!(service_ports(&ch), vec![1883, 8083, 5683, 8883, 8084]);
         let sum = |ch: &Children| {
             ch.hub
                 .spec
