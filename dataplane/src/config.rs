@@ -24,6 +24,10 @@ pub struct HubArgs {
     /// CoAP over UDP listen address ("off" disables it).
     #[arg(long, env = "CMQ_COAP_LISTEN", default_value = "0.0.0.0:5683")]
     pub coap_listen: String,
+    /// Key that signs CoAP connection tokens; the same on every hub of a cluster, so any
+    /// hub accepts a token another issued (default: random, this hub only).
+    #[arg(long, env = "CMQ_COAP_TOKEN_SECRET", hide_env_values = true)]
+    pub coap_token_secret: Option<String>,
     /// Folder of resource YAML files: MqttCluster (listeners, limits, auth defaults),
     /// DeviceCredential, TopicAcl and the Secrets credentials refer to.
     #[arg(long, env = "CMQ_MANIFESTS")]

@@ -241,9 +241,15 @@ async fn run(
     }
     let coap = match listeners.coap {
         Some(addr) => Some(
-            crate::coap::start(addr, broker.clone(), metrics.coap.clone(), shutdown.clone())
-                .await
-                .with_context(|| format!("cannot listen on {addr} (CoAP, UDP)"))?,
+            crate::coap::start(
+                addr,
+                broker.clone(),
+                metrics.coap.clone(),
+                args.coap_token_secret.as_deref().unwrap_or("").as_bytes(),
+                shutdown.clone(),
+            )
+            .await
+            .with_context(|| format!("cannot listen on {addr} (CoAP, UDP)"))?,
         ),
         None => None,
     };

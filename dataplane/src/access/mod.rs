@@ -274,6 +274,38 @@ impl Access {
         Err(AuthError::NotAuthorized)
     }
 
+    /// The principal of a client that authenticated earlier as credential `key` (empty:
+    /// anonymously), e.g. with a CoAP connection token: no password again, but the
+    /// credential must still exist, be enabled and match the identity.
+    pub fn resume(
+        &self,
+        client_id: Arc<str>,
+        username: Option<&str>,
+        key: &str,
+    ) -> Result<Principal, AuthError> {
+        let snapshot = self.snapshot();
+        let mut principal = Principal {
+            client_id,
+            presented_username: username.map(str::to_owned),
+            cert: None,
+            credential: None,
+        };
+        if key.is_empty() {
+            return if snapshot.allow_anonymous {
+                Ok(principal)
+            } else {
+                Err(AuthError::NotAuthorized)
+            };
+        }
+        let cred = snapshot
+            .credentials
+            .get(key)
+            .filter(|c| !c.disabled && c.identity_matches(&principal.presented()))
+            .ok_or(AuthError::NotAuthorized)?;
+        principal.credential = Some(cred.clone());
+        Ok(principal)
+    }
+
     /// The ACL of a connection under the snapshot in force; `Err` when its credential was
     /// deleted, disabled or no longer matches (or anonymous connections are refused now).
     pub fn grant(&self, principal: &mut Principal) -> Result<Grant, AuthError> {

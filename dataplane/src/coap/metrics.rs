@@ -51,7 +51,11 @@ impl CoapMetrics {
             "CoAP datagrams that could not be read",
             m.malformed.clone(),
         );
-        registry.register("coap_blocks", "CoAP blocks of block-wise transfers (RFC 7959) taken or served", m.blocks.clone());
+        registry.register(
+            "coap_blocks",
+            "CoAP blocks of block-wise transfers (RFC 7959) taken or served",
+            m.blocks.clone(),
+        );
         m
     }
 

@@ -14,6 +14,7 @@ mod metrics;
 mod observer;
 mod pubsub;
 mod request;
+mod token;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -35,6 +36,8 @@ pub use metrics::CoapMetrics;
 const EXCHANGE_LIFETIME: Duration = Duration::from_secs(247);
 /// Remembered exchanges at most; beyond, new ones are not de-duplicated (bounded memory).
 const MAX_EXCHANGES: usize = 200_000;
+/// A request not answered within this gets an empty ACK and a separate response.
+const SEPARATE_AFTER: Duration = Duration::from_millis(1_000);
 /// The largest datagram read.
 const MAX_DATAGRAM: usize = 65_535;
 
@@ -60,6 +63,7 @@ pub struct Gateway {
     next_mid: AtomicU16,
     pub(crate) observers: observer::Registry,
     pub(crate) uploads: block::Uploads,
+    pub(crate) tokens: token::Signer,
     pub(crate) metrics: CoapMetrics,
 }
 
@@ -69,6 +73,7 @@ impl Gateway {
         addr: SocketAddr,
         broker: Arc<Broker>,
         metrics: CoapMetrics,
+        token_secret: &[u8],
     ) -> std::io::Result<Arc<Self>> {
         let socket = UdpSocket::bind(addr).await?;
         info!(%addr, "CoAP gateway on UDP");
@@ -81,6 +86,7 @@ impl Gateway {
             next_mid: AtomicU16::new(rand::random()),
             observers: observer::Registry::default(),
             uploads: block::Uploads::default(),
+            tokens: token::Signer::new(token_secret),
             metrics,
         }))
     }
@@ -224,7 +230,32 @@ impl Gateway {
 
     async fn handle(self: Arc<Self>, packet: Packet, peer: SocketAddr) {
         let mid = packet.header.message_id;
-        let (bytes, method, code) = pubsub::handle(&self, packet, peer).await;
+        let confirmable = packet.header.get_type() == MessageType::Confirmable;
+        let me = self.clone();
+        let work = async move { pubsub::handle(&me, packet, peer).await };
+        tokio::pin!(work);
+        let done = if confirmable {
+            tokio::time::timeout(SEPARATE_AFTER, &mut work).await.ok()
+        } else {
+            Some(work.as_mut().await)
+        };
+        let Some((bytes, method, code)) = done else {
+            // Not answered in time to piggyback (a store waiting for NATS, a sync rule):
+            // an empty ACK now stops the client's retransmissions; the response follows
+            // in a confirmable message of its own (RFC 7252 5.2.2).
+            let ack = Arc::new(request::empty_ack(mid));
+            if let Some(e) = self.exchanges.lock().get_mut(&(peer, mid)) {
+                e.response = Cached::Done(ack.clone());
+            }
+            self.send(&ack, peer).await;
+            let (bytes, method, code) = work.await;
+            self.metrics.request(method, &code);
+            let separate_mid = self.next_mid();
+            if let Some(separate) = request::separate(&bytes, separate_mid) {
+                self.send_confirmable(&separate, separate_mid, peer).await;
+            }
+            return;
+        };
         self.metrics.request(method, &code);
         if let Some(e) = self.exchanges.lock().get_mut(&(peer, mid)) {
             e.response = Cached::Done(bytes.clone());
@@ -240,9 +271,13 @@ pub async fn start(
     addr: SocketAddr,
     broker: Arc<Broker>,
     metrics: CoapMetrics,
+    token_secret: &[u8],
     stop: CancellationToken,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let gateway = Gateway::bind(addr, broker, metrics).await?;
+    if token_secret.is_empty() {
+        info!("no --coap-token-secret: CoAP connection tokens verify on this hub only");
+    }
+    let gateway = Gateway::bind(addr, broker, metrics, token_secret).await?;
     Ok(tokio::spawn(async move {
         gateway.run(stop).await;
         warn!("CoAP gateway stopped");

@@ -47,6 +47,8 @@ enum Cmd {
         filter: String,
         reply: oneshot::Sender<bool>,
     },
+    /// Every observation ends.
+    End,
 }
 
 /// The observing clients of a gateway, by client id.
@@ -161,6 +163,14 @@ pub async fn deregister(
         }
     }
     (ResponseType::Content, None, None)
+}
+
+/// Ends every observation of `client_id` (connection closed).
+pub async fn end_client(gw: &Arc<Gateway>, client_id: &str) {
+    let sender = gw.observers.clients.lock().remove(client_id);
+    if let Some(sender) = sender {
+        let _ = sender.send(Cmd::End).await;
+    }
 }
 
 fn text(code: ResponseType, t: &str) -> Outcome {
@@ -280,6 +290,7 @@ async fn run_client(
                     }
                     observations.push(obs);
                 }
+                Some(Cmd::End) => break,
                 Some(Cmd::Deregister { filter, reply }) => {
                     if let Some(pos) = observations.iter().position(|o| o.filter == filter) {
                         observations.swap_remove(pos);

@@ -1,5 +1,6 @@
 //! The resources: `/ps/{topic}` (publish, observe, retained read) and `/.well-known/core`.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -18,6 +19,8 @@ use crate::broker::{Message, Origin};
 pub struct Client {
     pub client_id: Arc<str>,
     pub username: Option<Arc<str>>,
+    /// The DeviceCredential that matched (`namespace/name`), empty for anonymous.
+    pub credential: String,
     pub grant: crate::access::Grant,
 }
 
@@ -53,7 +56,11 @@ pub async fn handle(
         for (o, v) in options {
             p.add_option(o, v);
         }
-        (Arc::new(request::encode(&p)), label, request::code_text(code))
+        (
+            Arc::new(request::encode(&p)),
+            label,
+            request::code_text(code),
+        )
     };
     let (Ok(block1), Ok(block2)) = (
         block::option(&packet, CoapOption::Block1),
@@ -81,7 +88,10 @@ pub async fn handle(
             Step::Continue => {
                 gw.metrics.blocks.inc();
                 let echo = Block { more: true, ..b };
-                return reply(ResponseType::Continue, vec![(CoapOption::Block1, echo.encode())]);
+                return reply(
+                    ResponseType::Continue,
+                    vec![(CoapOption::Block1, echo.encode())],
+                );
             }
             Step::Done(body) => {
                 gw.metrics.blocks.inc();
@@ -134,11 +144,19 @@ pub async fn handle(
             let (num, szx) = block2.map_or((0, block::SZX), |b| (b.num, b.szx.min(block::SZX)));
             let Some((part, b)) = block::slice(&body, num, szx) else {
                 let code = ResponseType::BadOption;
-                let p = request::response(req.confirmable, req.mid, gw.next_mid(), &req.token, code);
-                return (Arc::new(request::encode(&p)), method, request::code_text(code));
+                let p =
+                    request::response(req.confirmable, req.mid, gw.next_mid(), &req.token, code);
+                return (
+                    Arc::new(request::encode(&p)),
+                    method,
+                    request::code_text(code),
+                );
             };
             if num == 0 {
-                p.add_option(CoapOption::Size2, block::uint(u32::try_from(body.len()).unwrap_or(u32::MAX)));
+                p.add_option(
+                    CoapOption::Size2,
+                    block::uint(u32::try_from(body.len()).unwrap_or(u32::MAX)),
+                );
             }
             p.add_option(CoapOption::Block2, b.encode());
             p.payload = part.to_vec();
@@ -147,7 +165,11 @@ pub async fn handle(
             p.payload = body;
         }
     }
-    (Arc::new(request::encode(&p)), method, request::code_text(code))
+    (
+        Arc::new(request::encode(&p)),
+        method,
+        request::code_text(code),
+    )
 }
 
 type Outcome = (
@@ -175,6 +197,7 @@ async fn route(gw: &Arc<Gateway>, req: &Request, peer: SocketAddr) -> Outcome {
             )),
             None,
         ),
+        ["mqtt", "connection"] => connection(gw, req, peer).await,
         ["ps", rest @ ..] if !rest.is_empty() => {
             let topic = rest.join("/");
             let client = match authenticate(gw, req, peer).await {
@@ -200,8 +223,56 @@ async fn route(gw: &Arc<Gateway>, req: &Request, peer: SocketAddr) -> Outcome {
     }
 }
 
-/// The client of a request, from the `clientid`, `username` and `password` query
-/// parameters (the client id defaults to one made of the peer's address).
+/// `/mqtt/connection` (EMQX's connection mode): POST authenticates and returns a token
+/// (2.01), PUT with `clientid` + `token` is the heartbeat (2.04, a renewed token), DELETE
+/// closes: the client's observations end (2.02).
+async fn connection(gw: &Arc<Gateway>, req: &Request, peer: SocketAddr) -> Outcome {
+    let Some(client_id) = req.param("clientid").filter(|c| !c.is_empty()) else {
+        return answer_text(ResponseType::BadRequest, "clientid is required");
+    };
+    match req.method {
+        RequestType::Post => {
+            let mut query: HashMap<String, String> = req.query.clone();
+            query.remove("token");
+            let fresh = Request {
+                query,
+                ..req.shallow()
+            };
+            match authenticate(gw, &fresh, peer).await {
+                Ok(c) => {
+                    let t = gw
+                        .tokens
+                        .issue(&c.client_id, &c.credential, c.username.as_deref());
+                    (ResponseType::Created, Some((t.into_bytes(), None)), None)
+                }
+                Err(code) => answer(code),
+            }
+        }
+        RequestType::Put | RequestType::Delete => {
+            if req.param("token").is_none() {
+                return answer_text(ResponseType::BadRequest, "token is required");
+            }
+            let c = match authenticate(gw, req, peer).await {
+                Ok(c) => c,
+                Err(code) => return answer(code),
+            };
+            if req.method == RequestType::Put {
+                let t = gw
+                    .tokens
+                    .issue(&c.client_id, &c.credential, c.username.as_deref());
+                return (ResponseType::Changed, Some((t.into_bytes(), None)), None);
+            }
+            super::observer::end_client(gw, &c.client_id).await;
+            debug!(client_id, "CoAP connection closed");
+            answer(ResponseType::Deleted)
+        }
+        _ => answer(ResponseType::MethodNotAllowed),
+    }
+}
+
+/// The client of a request: a connection token (`clientid` + `token`), or the `clientid`,
+/// `username` and `password` query parameters (the client id defaults to one made of the
+/// peer's address).
 async fn authenticate(
     gw: &Gateway,
     req: &Request,
@@ -211,6 +282,29 @@ async fn authenticate(
         Some(c) if !c.is_empty() => Arc::from(c),
         _ => Arc::from(format!("coap-{}-{}", peer.ip(), peer.port())),
     };
+    if let Some(token) = req.param("token") {
+        let claims = gw
+            .tokens
+            .verify(&client_id, token)
+            .ok_or(ResponseType::Unauthorized)?;
+        let access = &gw.broker.access;
+        let mut principal = access
+            .resume(
+                client_id.clone(),
+                claims.username.as_deref(),
+                &claims.credential,
+            )
+            .map_err(|_| ResponseType::Unauthorized)?;
+        let grant = access
+            .grant(&mut principal)
+            .map_err(|_| ResponseType::Unauthorized)?;
+        return Ok(Client {
+            client_id,
+            username: claims.username.map(Arc::from),
+            credential: claims.credential,
+            grant,
+        });
+    }
     let username = req.param("username").filter(|u| !u.is_empty());
     let password = req
         .param("password")
@@ -234,6 +328,11 @@ async fn authenticate(
     Ok(Client {
         client_id,
         username: username.map(Arc::from),
+        credential: principal
+            .credential
+            .as_ref()
+            .map(|c| c.key.to_string())
+            .unwrap_or_default(),
         grant,
     })
 }

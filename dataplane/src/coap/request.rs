@@ -101,6 +101,20 @@ impl Request {
         })
     }
 
+    /// A copy without the payload (for a variant of the query).
+    pub fn shallow(&self) -> Self {
+        Self {
+            method: self.method,
+            path: self.path.clone(),
+            query: self.query.clone(),
+            observe: self.observe,
+            token: self.token.clone(),
+            mid: self.mid,
+            confirmable: self.confirmable,
+            payload: Vec::new(),
+        }
+    }
+
     pub fn param(&self, key: &str) -> Option<&str> {
         self.query.get(key).map(String::as_str)
     }
@@ -139,6 +153,17 @@ pub fn reset(mid: u16) -> Vec<u8> {
     p.header.code = MessageClass::Empty;
     p.header.message_id = mid;
     encode(&p)
+}
+
+/// A piggybacked response turned into a separate one: a CON with message id `mid`.
+pub fn separate(piggybacked: &[u8], mid: u16) -> Option<Vec<u8>> {
+    let mut p = Packet::from_bytes(piggybacked).ok()?;
+    if p.header.get_type() != MessageType::Acknowledgement {
+        return None; // sent already (an observation's answer)
+    }
+    p.header.set_type(MessageType::Confirmable);
+    p.header.message_id = mid;
+    Some(encode(&p))
 }
 
 /// An empty ACK for message `mid` (the response follows separately).

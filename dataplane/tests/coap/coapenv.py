@@ -176,11 +176,14 @@ class Deployment:
                        timeout: float = 15.0) -> bool:
         """Publish QoS 1 probes (``probe-<n>``) on ``topic`` from ``pub`` until every one
         of ``observers`` (anything with ``payloads()``) got one: the observation is then
-        known to be in place across the cluster."""
+        known to be in place across the cluster. Then one last probe, and wait for it too:
+        as messages of one publisher on one topic arrive in order, no probe is still on
+        its way afterwards (a test may then change how its raw client answers)."""
         observers = list(observers)
 
-        def reached() -> bool:
-            return all(any(p.startswith(PROBE) for p in o.payloads()) for o in observers)
+        def reached(payload: bytes | None = None) -> bool:
+            return all((payload in o.payloads()) if payload else
+                       any(p.startswith(PROBE) for p in o.payloads()) for o in observers)
 
         deadline = time.monotonic() + timeout
         n = 0
@@ -188,8 +191,11 @@ class Deployment:
             pub.publish(topic, PROBE + b"%d" % n, qos=1)
             n += 1
             if wait_for(reached, 0.25):
-                return True
-        return reached()
+                last = PROBE + b"last-%d" % n
+                pub.publish(topic, last, qos=1)
+                return bool(wait_for(lambda: reached(last),
+                                     max(1.0, deadline - time.monotonic())))
+        return False
 
     # -- metrics and logs --------------------------------------------------
     def metric(self, name: str, hub=None, **labels) -> float:

@@ -527,12 +527,7 @@ fn mount(name: &str, path: &str) -> VolumeMount {
 
 /// The CoAP listener runs unless the spec turns it off.
 fn coap_enabled(c: &MqttCluster) -> bool {
-    c.spec
-        .hub
-        .listeners
-        .coap
-        .as_ref()
-        .is_none_or(|l| l.enabled)
+    c.spec.hub.listeners.coap.as_ref().is_none_or(|l| l.enabled)
 }
 
 /// The port the hubs' CoAP listener uses.
