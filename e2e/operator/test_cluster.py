@@ -12,7 +12,8 @@ def test_children_are_created_owned_and_repaired(kube, ns, nats):
     uid = get(kube, ns, "mqttcluster", "demo")["metadata"]["uid"]
     kinds = [("deployment", "demo-hub"), ("service", "demo-hub"), ("poddisruptionbudget", "demo-hub"),
              ("configmap", "demo-cmq-config"), ("serviceaccount", "demo-cmq"),
-             ("deployment", "demo-dispatch"), ("poddisruptionbudget", "demo-dispatch")]
+             ("deployment", "demo-dispatch"), ("poddisruptionbudget", "demo-dispatch"),
+             ("secret", "demo-cmq-coap")]
     for kind, name in kinds:
         obj = wait_until(lambda: get(kube, ns, kind, name), 30)
         assert obj, f"{kind}/{name} not created"
@@ -24,6 +25,11 @@ def test_children_are_created_owned_and_repaired(kube, ns, nats):
     assert pod["securityContext"]["runAsNonRoot"] is True
     env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
     assert env["CMQ_CLUSTER"] == f"{ns}_demo" and env["CMQ_NATS_URL"] == nats.url
+    # every hub signs CoAP connection tokens with the cluster's one key
+    refs = {e["name"]: e.get("valueFrom", {}) for e in pod["containers"][0]["env"]}
+    assert refs["CMQ_COAP_TOKEN_SECRET"]["secretKeyRef"]["name"] == "demo-cmq-coap"
+    key = get(kube, ns, "secret", "demo-cmq-coap")["data"]["token-secret"]
+    assert len(key) >= 40  # 32 random bytes, base64
 
     # Drift: someone scales the Deployment by hand; the operator puts it back.
     kube.kubectl("scale", "-n", ns, "deployment/demo-hub", "--replicas=7")

@@ -180,6 +180,12 @@ def _aiocoap():
     return aiocoap
 
 
+def _tuning(non: bool):
+    """NON (``Unreliable``) or CON (``Reliable``): aiocoap's way to choose the type."""
+    aiocoap = _aiocoap()
+    return aiocoap.Unreliable if non else aiocoap.Reliable
+
+
 def aio_request(target: str, method: str = "GET", payload: bytes = b"", non: bool = False,
                 timeout: float = 10.0):
     """One aiocoap request in a fresh client context; returns the response Message
@@ -190,7 +196,7 @@ def aio_request(target: str, method: str = "GET", payload: bytes = b"", non: boo
         ctx = await aiocoap.Context.create_client_context()
         try:
             msg = aiocoap.Message(code=getattr(aiocoap, method), uri=target, payload=payload,
-                                  mtype=aiocoap.NON if non else aiocoap.CON)
+                                  transport_tuning=_tuning(non))
             return await asyncio.wait_for(ctx.request(msg).response, timeout)
         finally:
             await ctx.shutdown()
@@ -222,7 +228,7 @@ class AioObserver:
         ctx = await aiocoap.Context.create_client_context()
         try:
             req = ctx.request(aiocoap.Message(code=aiocoap.GET, uri=self.target, observe=0,
-                                              mtype=aiocoap.NON if self.non else aiocoap.CON))
+                                              transport_tuning=_tuning(self.non)))
             self.first = await asyncio.wait_for(req.response, self.timeout)
             self._ready.set()
             if self.first.code.is_successful() and self.first.opt.observe is not None:

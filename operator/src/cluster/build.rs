@@ -34,6 +34,15 @@ pub const DEFAULT_IMAGE: &str = concat!("ghcr.io/cmq-io/cmq:", env!("CARGO_PKG_V
 const DRAIN_PERIOD_MS: i64 = 20_000;
 const GRACE_SECONDS: i64 = 45;
 const ADMIN_PORT: i32 = 9090;
+/// The Secret key that holds the CoAP token key.
+pub const COAP_SECRET_KEY: &str = "token-secret";
+
+/// The Secret the operator makes once per cluster: the key every hub signs CoAP
+/// connection tokens with, so any hub accepts a token another issued.
+pub fn coap_secret_name(cluster: &str) -> String {
+    format!("{cluster}-cmq-coap")
+}
+
 /// How long a dispatcher waits for its writes in flight on SIGTERM.
 const DISPATCH_DRAIN_MS: i64 = 20_000;
 
@@ -383,6 +392,18 @@ fn hub_deployment(
             "CMQ_DRAIN_TIMEOUT_MS",
             (DRAIN_PERIOD_MS + 10_000).to_string(),
         ),
+        EnvVar {
+            name: "CMQ_COAP_TOKEN_SECRET".into(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(k8s_openapi::api::core::v1::SecretKeySelector {
+                    name: coap_secret_name(&name),
+                    key: COAP_SECRET_KEY.into(),
+                    optional: Some(true),
+                }),
+                ..EnvVarSource::default()
+            }),
+        },
         EnvVar {
             name: "CMQ_HUB_ID".into(),
             value: None,

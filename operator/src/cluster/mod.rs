@@ -92,6 +92,7 @@ async fn reconcile_inner(c: &MqttCluster, ctx: &Context, ns: &str) -> Result<Act
         &built.config,
     )
     .await?;
+    ensure_coap_secret(c, &client, ns).await?;
     apply(
         &Api::<Deployment>::namespaced(client.clone(), ns),
         &built.hub,
@@ -218,6 +219,36 @@ async fn reconcile_inner(c: &MqttCluster, ctx: &Context, ns: &str) -> Result<Act
     set_status(ctx, c, ns, (ready, dispatch_ready), conditions).await?;
     // Pods come and go without touching the MqttCluster: look again now and then.
     Ok(Action::requeue(std::time::Duration::from_secs(30)))
+}
+
+/// Creates the cluster's CoAP token key once (a random 32 bytes); an existing one is kept,
+/// so tokens stay valid across reconciles and operator restarts.
+async fn ensure_coap_secret(c: &MqttCluster, client: &kube::Client, ns: &str) -> Result<(), Error> {
+    let api = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), ns);
+    let name = build::coap_secret_name(&c.name_any());
+    if api.get_opt(&name).await?.is_some() {
+        return Ok(());
+    }
+    let key: Vec<u8> = (0..32).map(|_| rand::random::<u8>()).collect();
+    let secret = k8s_openapi::api::core::v1::Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name),
+            namespace: Some(ns.to_owned()),
+            owner_references: c.controller_owner_ref(&()).map(|o| vec![o]),
+            ..Default::default()
+        },
+        data: Some(std::collections::BTreeMap::from([(
+            build::COAP_SECRET_KEY.to_owned(),
+            k8s_openapi::ByteString(key),
+        )])),
+        ..Default::default()
+    };
+    match api.create(&kube::api::PostParams::default(), &secret).await {
+        Ok(_) => Ok(()),
+        // Made meanwhile by another reconcile: fine.
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn error_policy(c: Arc<MqttCluster>, error: &Error, ctx: Arc<Context>) -> Action {
