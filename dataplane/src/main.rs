@@ -7,7 +7,9 @@ use tracing_subscriber::EnvFilter;
 #[command(
     name = "cmq",
     version,
-    about = "CMQ: MQTT and CoAP message platform for IoT fleets"
+    about = "CMQ: MQTT and CoAP message platform for IoT fleets",
+    // A flag given twice takes its last value (scripts append overrides to defaults).
+    args_override_self = true
 )]
 struct Cli {
     #[command(subcommand)]

@@ -169,7 +169,7 @@ def operator_hub(kube, tmp_path):
         env["CMQ_HUB_ID"] = f"pod-{len(hubs)}"  # the Downward API's metadata.name
         env["CMQ_DISPATCHER_ID"] = f"pod-{len(hubs)}"
         port, admin = free_port(), free_port()
-        env.update(CMQ_MQTT_LISTEN=f"127.0.0.1:{port}", CMQ_WS_LISTEN="off",
+        env.update(CMQ_MQTT_LISTEN=f"127.0.0.1:{port}", CMQ_WS_LISTEN="off", CMQ_COAP_LISTEN="off",
                    CMQ_ADMIN_LISTEN=f"127.0.0.1:{admin}", CMQ_AUTH_FAILURE_LIMIT="0")
         p = Proc([CMQ_BIN, *container["args"]], tmp_path / f"op-{component}-{len(hubs)}.log", env=env)
         p.port, p.admin_port, p.env = port, admin, env

@@ -434,7 +434,8 @@ class Hub:
                    self.registry.cluster, "--hub-id", "h1"]
         cmd += ["--mqtt-listen", f"{HOST}:{self.port}",
                 "--ws-listen", f"{HOST}:{self.ws_port}",
-                "--admin-listen", f"{HOST}:{self.admin_port}"]
+                "--admin-listen", f"{HOST}:{self.admin_port}",
+                "--coap-listen", "off"]
         if self.tls:
             cmd += ["--tls-cert", str(self.tls.cert), "--tls-key", str(self.tls.key),
                     "--mqtts-listen", f"{HOST}:{self.tls_port}",

@@ -117,6 +117,7 @@ class Hub:
         self.port = free_port()
         self.ws_port = free_port()
         self.admin_port = free_port()
+        self.coap_port = free_port()  # UDP; a free TCP port number is as good a guess
         self.log_path = cluster.workdir / f"hub-{cluster.name}-{hub_id}.log"
         self.proc: subprocess.Popen | None = None
         self._log = None
@@ -137,6 +138,7 @@ class Hub:
             "--mqtt-listen", f"{HOST}:{self.port}",
             "--ws-listen", f"{HOST}:{self.ws_port}",
             "--admin-listen", f"{HOST}:{self.admin_port}",
+            "--coap-listen", f"{HOST}:{self.coap_port}",
         ]
         if c.stream_replicas is not None:
             cmd += ["--stream-replicas", str(c.stream_replicas)]

@@ -142,7 +142,8 @@ class Standalone(Proc):
         return [cmq_bin(), "standalone", "--manifests", str(self.manifests),
                 "--manifests-reload-ms", "200",
                 "--mqtt-listen", f"{HOST}:{self.port}", "--ws-listen", "off",
-                "--admin-listen", f"{HOST}:{self.admin_port}", *self.extra]
+                "--admin-listen", f"{HOST}:{self.admin_port}", "--coap-listen", "off",
+                *self.extra]
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> "Standalone":
         super().wait_ready(timeout)

@@ -152,6 +152,7 @@ class Broker:
             "--mqtt-listen", f"{HOST}:{self.port}",
             "--ws-listen", f"{HOST}:{self.ws_port}",
             "--admin-listen", f"{HOST}:{self.admin_port}",
+            "--coap-listen", "off",
         ]
         for key, value in self.limits.items():
             if key not in CMQ_FLAGS:
