@@ -114,6 +114,7 @@ impl Gateway {
             .lock()
             .retain(|_, e| now.duration_since(e.at) < EXCHANGE_LIFETIME);
         self.uploads.sweep();
+        self.observers.sweep();
     }
 
     pub(crate) fn next_mid(&self) -> u16 {
@@ -152,7 +153,26 @@ impl Gateway {
     }
 
     fn datagram(self: &Arc<Self>, bytes: &[u8], peer: SocketAddr) {
-        let packet = match Packet::from_bytes(bytes) {
+        // Another version is silently ignored (RFC 7252 3).
+        if bytes.first().is_none_or(|b| b >> 6 != 1) {
+            self.metrics.malformed.inc();
+            return;
+        }
+        let parsed = Packet::from_bytes(bytes).and_then(|p| {
+            // A payload marker followed by no payload is a format error (RFC 7252 3);
+            // coap-lite reads it as an empty payload. Re-encoded, such a message is one
+            // byte shorter than what came.
+            let marker_only = p.payload.is_empty()
+                && bytes.last() == Some(&0xFF)
+                && p.to_bytes_unlimited()
+                    .is_ok_and(|b| b.len() + 1 == bytes.len());
+            if marker_only {
+                Err(coap_lite::error::MessageError::InvalidPacketLength)
+            } else {
+                Ok(p)
+            }
+        });
+        let packet = match parsed {
             Ok(p) => p,
             Err(e) => {
                 self.metrics.malformed.inc();
@@ -173,6 +193,10 @@ impl Gateway {
                 let acked = packet.header.get_type() == MessageType::Acknowledgement;
                 if let Some(tx) = self.awaiting.lock().remove(&(peer, mid)) {
                     let _ = tx.send(acked);
+                } else if !acked {
+                    // An RST to a NON notification cancels its observation (RFC 7641 3.6).
+                    let me = self.clone();
+                    tokio::spawn(async move { me.observers.reset(peer, mid).await });
                 }
             }
             (MessageType::Confirmable, MessageClass::Empty) => {

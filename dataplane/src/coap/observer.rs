@@ -49,17 +49,51 @@ enum Cmd {
     },
     /// Every observation ends.
     End,
+    /// Observation `id` ends (RST).
+    Cancel(u32),
 }
 
 /// The observing clients of a gateway, by client id.
 #[derive(Default)]
 pub struct Registry {
     clients: Mutex<HashMap<Arc<str>, mpsc::Sender<Cmd>>>,
+    /// NON notifications sent recently: an RST to one cancels its observation.
+    nons: Mutex<HashMap<(SocketAddr, u16), (Arc<str>, u32, std::time::Instant)>>,
     /// Ends every client task (hub shutdown).
     stop: tokio_util::sync::CancellationToken,
 }
 
+/// How long a NON notification's message id is remembered (RFC 7252 NON_LIFETIME).
+const NON_LIFETIME: std::time::Duration = std::time::Duration::from_secs(145);
+/// NON notifications remembered at most.
+const MAX_NONS: usize = 100_000;
+
 impl Registry {
+    fn sent_non(&self, peer: SocketAddr, mid: u16, client: &Arc<str>, id: u32) {
+        let mut nons = self.nons.lock();
+        if nons.len() < MAX_NONS {
+            nons.insert((peer, mid), (client.clone(), id, std::time::Instant::now()));
+        }
+    }
+
+    /// An RST from `peer` for our message `mid`.
+    pub async fn reset(&self, peer: SocketAddr, mid: u16) {
+        let Some((client, id, _)) = self.nons.lock().remove(&(peer, mid)) else {
+            return;
+        };
+        let sender = self.clients.lock().get(&client).cloned();
+        if let Some(s) = sender {
+            let _ = s.send(Cmd::Cancel(id)).await;
+        }
+    }
+
+    pub fn sweep(&self) {
+        let now = std::time::Instant::now();
+        self.nons
+            .lock()
+            .retain(|_, (_, _, at)| now.duration_since(*at) < NON_LIFETIME);
+    }
+
     /// Ends every observation (hub shutdown); the sessions are released.
     pub async fn close_all(&self) {
         self.stop.cancel();
@@ -291,6 +325,15 @@ async fn run_client(
                     observations.push(obs);
                 }
                 Some(Cmd::End) => break,
+                Some(Cmd::Cancel(id)) => {
+                    if let Some(pos) = observations.iter().position(|o| o.id == id) {
+                        let o = observations.swap_remove(pos);
+                        debug!(filter = %o.filter, "CoAP observation cancelled by RST");
+                        gw.metrics.observers.dec();
+                        broker.unsubscribe(&session, &o.filter);
+                        claim.state.subscriptions.remove(&o.filter);
+                    }
+                }
                 Some(Cmd::Deregister { filter, reply }) => {
                     if let Some(pos) = observations.iter().position(|o| o.filter == filter) {
                         observations.swap_remove(pos);
@@ -342,6 +385,9 @@ async fn run_client(
                             (id, gw2.send_confirmable(&bytes, mid, peer).await)
                         }));
                     } else {
+                        // Sent as NON (QoS 0, or a second observer of a QoS 1 message).
+                        gw.observers
+                            .sent_non(obs.peer, mid, &session.client_id, obs.id);
                         gw.send(&bytes, obs.peer).await;
                     }
                 }

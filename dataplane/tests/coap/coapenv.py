@@ -61,13 +61,25 @@ def wait_coap(port: int, timeout: float = 10.0) -> bool:
         raw.close()
 
 
+def with_coap_listen(cmd: list[str], port: int) -> list[str]:
+    """``cmd`` with ``--coap-listen 127.0.0.1:port``: the value replaced where the shared
+    harness already sets one (``off`` in dispatchlib, a guessed port in clusterlib)."""
+    cmd = list(cmd)
+    addr = f"{HOST}:{port}"
+    if "--coap-listen" in cmd:
+        cmd[cmd.index("--coap-listen") + 1] = addr
+    else:
+        cmd += ["--coap-listen", addr]
+    return cmd
+
+
 class CoapStandalone(Standalone):
     def __init__(self, workdir: Path, manifests: Path, extra: list[str] | None = None):
         super().__init__(workdir, manifests, extra)
         self.coap_port = free_udp_port()
 
     def command(self) -> list[str]:
-        return super().command() + ["--coap-listen", f"{HOST}:{self.coap_port}"]
+        return with_coap_listen(super().command(), self.coap_port)
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> "CoapStandalone":
         super().wait_ready(timeout)
@@ -83,7 +95,7 @@ class CoapHub(Hub):
         self.label = f"hub {hub_id}"
 
     def command(self) -> list[str]:
-        return super().command() + ["--coap-listen", f"{HOST}:{self.coap_port}"]
+        return with_coap_listen(super().command(), self.coap_port)
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> "CoapHub":
         super().wait_ready(timeout)
