@@ -3,7 +3,8 @@
 # protocol tests that drive a running `cmq standalone` with clients written by others
 # (Python paho-mqtt, mosquitto_pub/mosquitto_sub), the same protocol tests against
 # `cmq hub` on NATS JetStream state, the access tests (credentials, ACLs, TLS) in both
-# modes, the cluster tests (several `cmq hub` processes on one nats-server), the dispatch
+# modes, the CoAP gateway tests (libcoap and aiocoap clients) in both modes, the cluster
+# tests (several `cmq hub` processes on one nats-server), the dispatch
 # tests (ForwardRules to a real Kafka broker in KRaft mode, NATS, HTTP, MQTT), and the
 # operator's end-to-end tests against a real kube-apiserver (with the Helm chart). Installs
 # the clients, nats-server, Kafka and the Kubernetes binaries (into ~/.cache/cmq) when
@@ -61,6 +62,10 @@ run_suite "protocol (nats state)" dataplane/tests/protocol --broker=cmq --state=
 
 step "access tests against cmq hub with the registry in NATS KV"
 run_suite "access (cluster)" dataplane/tests/access --mode=cluster
+
+step "CoAP tests (libcoap coap-client, aiocoap, raw datagrams) against cmq standalone and two cmq hubs"
+run_suite "coap (standalone)" dataplane/tests/coap --mode=standalone
+run_suite "coap (cluster)" dataplane/tests/coap --mode=cluster
 
 step "cluster tests: several cmq hub processes on one nats-server and on a 3-node NATS cluster"
 run_suite "cluster" dataplane/tests/cluster --run-nats-cluster

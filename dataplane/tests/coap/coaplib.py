@@ -284,10 +284,12 @@ class RawCoap:
                 with self.lock:
                     self.undecodable.append(Undecodable(data, str(e), len(self.received), now))
                 continue
+            # answered before anyone can see it: a test that changes on_con / on_non after
+            # seeing a message knows how that message was answered
+            self._auto_answer(msg)
             with self.lock:
                 msg.seq, msg.at = len(self.received), now
                 self.received.append(msg)
-            self._auto_answer(msg)
 
     def _auto_answer(self, msg: Msg) -> None:
         if msg.code == EMPTY:

@@ -27,9 +27,9 @@ def test_notifications_con_for_qos1_non_for_qos0(deploy):
     topic = f"{uid('obs')}/cmd"
     raw = dep.raw()
     obs = RawObservation(raw, f"ps/{topic}", {"q": "1", "c": uid("dev")})
-    reg = obs.response
-    assert (reg.mtype, reg.code) == (ACK, CONTENT), reg
-    assert reg.mid == obs.sent.mid and reg.token == obs.token, reg
+    reg = obs.response  # piggybacked in the ACK (or separate, as a CON, if slow)
+    assert reg.code == CONTENT and reg.mtype in (ACK, CON) and reg.token == obs.token, reg
+    assert reg.mtype == CON or reg.mid == obs.sent.mid, reg
     assert reg.observe is not None, f"no Observe option in the registration response: {reg}"
 
     pub = dep.mqtt()
@@ -61,7 +61,7 @@ def test_qos0_subscription_gets_non_notifications(deploy, mtype, query):
     topic = f"{uid('obs0')}/t"
     obs = RawObservation(dep.raw(), f"ps/{topic}", query, mtype=mtype)
     assert obs.response.code == CONTENT and obs.response.observe is not None, obs.response
-    assert obs.response.mtype == (ACK if mtype == CON else NON), obs.response
+    assert obs.response.mtype in ((ACK, CON) if mtype == CON else (NON,)), obs.response
     pub = dep.mqtt()
     assert dep.await_notified(pub, [obs], topic)
     pub.publish(topic, b"from-qos1", qos=1)
@@ -148,7 +148,7 @@ def test_deregister_with_observe_1(deploy):
     assert a.wait_payload(b"before", 10) and b.wait_payload(b"before", 10)
 
     resp = a.deregister()
-    assert (resp.mtype, resp.code, resp.token) == (ACK, CONTENT, a.token), resp
+    assert (resp.code, resp.token) == (CONTENT, a.token) and resp.mtype in (ACK, CON), resp
     assert wait_for(lambda: dep.metric(OBSERVERS) == 1, 5), dep.metric(OBSERVERS)
     after_dereg = len(a.raw.messages())
     pub.publish(topic, b"after", qos=1)

@@ -62,8 +62,9 @@ def test_qos_parameter_overrides_message_type(deploy):
         assert resp is not None, f"{name}: no answer"
         assert resp.code == CHANGED, f"{name}: {resp}"
         assert resp.token == sent.token, f"{name}: {resp}"
-        if mtype == CON:
-            assert resp.mtype == ACK and resp.mid == sent.mid, f"{name}: not piggybacked: {resp}"
+        if mtype == CON:  # piggybacked, or separate (CON) when the hub took over 1 s
+            assert resp.mtype in (ACK, CON), f"{name}: {resp}"
+            assert resp.mtype == CON or resp.mid == sent.mid, f"{name}: {resp}"
         else:
             assert resp.mtype == NON, f"{name}: {resp}"
     for name, _, _, qos in cases:
