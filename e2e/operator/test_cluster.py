@@ -62,6 +62,8 @@ def test_children_are_created_owned_and_repaired(kube, ns, nats):
         ok = (condition(c, "DispatchAvailable") or {}).get("status") == "True"
         return ok and c["status"].get("dispatchReadyReplicas", 0) >= 1
     assert wait_until(dispatch_ready, 60), get(kube, ns, "mqttcluster", "demo").get("status")
+    eps = get(kube, ns, "mqttcluster", "demo")["status"]["endpoints"]
+    assert f"mqtt://demo-hub.{ns}.svc:1883" in eps and f"coap://demo-hub.{ns}.svc:5683" in eps, eps
     table = kube.kubectl("get", "-n", ns, "mqttclusters").stdout.splitlines()
     assert table[0].split()[:5] == ["NAME", "HUBS", "DISPATCHERS", "CONNECTIONS", "READY"], table
     assert table[1].split()[0] == "demo" and table[1].split()[-2] == "True", table

@@ -137,6 +137,9 @@ def test_forward_rule_valid_condition_and_dispatcher_counts(kube, ns, nats, oper
         assert got[0] == ("out/42", b'{"v":42}')
         pub.loop_stop()
         pub.disconnect()
+        # the hubs' heartbeats carry their connections; the operator sums them
+        assert wait_until(lambda: ((get(kube, ns, "mqttcluster", "demo") or {}).get("status") or {})
+                          .get("connections") == 1, 45), get(kube, ns, "mqttcluster", "demo")["status"]
     finally:
         sub.loop_stop()
         sub.disconnect()

@@ -20,6 +20,44 @@ fn nats_err(action: &str, e: impl std::fmt::Display) -> Error {
 }
 
 impl NatsPool {
+    /// MQTT connections over the cluster's live hubs: the sum of their heartbeats
+    /// (`cmq_<c>_hubs`, subjects `cmq.<c>.hb.<hub>`, payload `{"connections": N}`).
+    /// `None` when the hubs have not created the stream yet.
+    pub async fn hub_connections(&self, url: &str, cluster: &str) -> Result<Option<i64>, Error> {
+        use futures_util::StreamExt;
+        let js = jetstream::new(self.client(url).await?);
+        let Ok(stream) = js.get_stream(format!("cmq_{cluster}_hubs")).await else {
+            return Ok(None);
+        };
+        let filter = format!("cmq.{cluster}.hb.*");
+        let mut subjects = Vec::new();
+        {
+            let mut listing = stream
+                .info_with_subjects(&filter)
+                .await
+                .map_err(|e| nats_err("listing heartbeats", e))?;
+            while let Some(entry) = listing.next().await {
+                let (subject, _) = entry.map_err(|e| nats_err("listing heartbeats", e))?;
+                subjects.push(subject);
+            }
+        }
+        let mut total = 0i64;
+        for subject in subjects {
+            let Ok(m) = stream.direct_get_last_for_subject(&subject).await else {
+                continue; // expired meanwhile: a hub that died
+            };
+            #[derive(serde::Deserialize)]
+            struct Beat {
+                #[serde(default)]
+                connections: i64,
+            }
+            if let Ok(beat) = serde_json::from_slice::<Beat>(&m.payload) {
+                total += beat.connections;
+            }
+        }
+        Ok(Some(total))
+    }
+
     async fn client(&self, url: &str) -> Result<async_nats::Client, Error> {
         let mut clients = self.clients.lock().await;
         if let Some(c) = clients.get(url) {

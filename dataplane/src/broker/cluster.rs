@@ -36,6 +36,10 @@ pub struct ReplayPlan {
 }
 
 impl Router for Broker {
+    fn connections(&self) -> usize {
+        self.connection_count()
+    }
+
     fn route_remote(&self, filter: Arc<str>, message: Arc<Message>) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             let mut blocked = Blocked::new();

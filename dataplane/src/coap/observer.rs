@@ -23,6 +23,8 @@ use crate::broker::{Claim, Delivery, SubOptions};
 
 /// RFC 7252 MAX_RETRANSMIT.
 pub const MAX_RETRANSMIT: u32 = 4;
+/// A CON notification after this many NON ones (RFC 7641 4.5; libcoap's COAP_OBS_MAX_NON).
+const LIVENESS_EVERY: u32 = 5;
 /// Deliveries taken from the session per pass.
 const BATCH: usize = 64;
 
@@ -108,6 +110,8 @@ struct Observation {
     filter: String,
     /// The next Observe value (24 bits).
     seq: u32,
+    /// NON notifications since the last CON one.
+    nons: u32,
 }
 
 fn qos_of(req: &Request) -> Option<QoS> {
@@ -308,7 +312,7 @@ async fn run_client(
                         continue;
                     }
                     claim.state.subscriptions.insert(filter.clone(), options);
-                    let mut obs = Observation { id, peer, token, filter: filter.clone(), seq: observe_start() };
+                    let mut obs = Observation { id, peer, token, filter: filter.clone(), seq: observe_start(), nons: 0 };
                     // The registration's response first, then the retained messages.
                     let mut p = request::response(confirmable, mid, gw.next_mid(), &obs.token, ResponseType::Content);
                     p.set_observe_value(obs.seq);
@@ -370,15 +374,15 @@ async fn run_client(
                         || (d.subscription_ids.is_empty()
                             && cmq_topic::matches(&o.filter, &d.message.topic))
                 }) {
-                    let (bytes, mid) = notification(
-                        &gw,
-                        obs,
-                        &d.message.payload,
-                        confirmable && in_flight.is_none(),
-                    );
+                    // Every few NON notifications one goes as CON: an observer that is gone
+                    // is then noticed (no ACK) even when it gets only QoS 0 (libcoap: 5).
+                    let as_con =
+                        (confirmable || obs.nons + 1 >= LIVENESS_EVERY) && in_flight.is_none();
+                    obs.nons = if as_con { 0 } else { obs.nons + 1 };
+                    let (bytes, mid) = notification(&gw, obs, &d.message.payload, as_con);
                     gw.metrics.notifications.inc();
                     broker.metrics.delivered[d.qos as usize].inc();
-                    if confirmable && in_flight.is_none() {
+                    if as_con {
                         let gw2 = gw.clone();
                         let (id, peer) = (obs.id, obs.peer);
                         in_flight = Some(Box::pin(async move {

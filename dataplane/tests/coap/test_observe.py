@@ -68,7 +68,26 @@ def test_qos0_subscription_gets_non_notifications(deploy, mtype, query):
     pub.publish(topic, b"from-qos2", qos=2)
     assert wait_for(lambda: {b"from-qos1", b"from-qos2"} <= set(obs.payloads()), 10), \
         obs.notifications()
-    assert {n.mtype for n in obs.notifications()} == {NON}, obs.notifications()
+    # NON, but a CON after 4 NONs checks that the observer is still there (RFC 7641 4.5)
+    kinds = [n.mtype for n in obs.notifications()]
+    runs = "".join("C" if k == CON else "N" for k in kinds).split("C")
+    assert all(len(r) >= 4 for r in runs[:-1]) and set(kinds) <= {CON, NON}, kinds
+
+
+def test_con_liveness_check_among_qos0_notifications(deploy):
+    """An observer that only gets QoS 0 still gets a CON every 5 notifications, so one that
+    is gone is noticed (no ACK) instead of being sent NONs forever."""
+    dep = deploy()
+    topic = f"{uid('live')}/t"
+    obs = RawObservation(dep.raw(), f"ps/{topic}", {"q": "0"})
+    assert obs.registered, obs.response
+    pub = dep.mqtt()
+    for i in range(10):
+        pub.publish(topic, b"m%d" % i, qos=0)
+        time.sleep(0.05)
+    assert wait_for(lambda: len(obs.notifications()) >= 10, 10), obs.notifications()
+    kinds = [n.mtype for n in obs.notifications()][:10]
+    assert kinds == [NON] * 4 + [CON] + [NON] * 4 + [CON], kinds
 
 
 def test_observe_with_aiocoap(deploy):

@@ -546,6 +546,44 @@ fn mount(name: &str, path: &str) -> VolumeMount {
     }
 }
 
+/// Where devices connect: the load balancer's addresses, else the Service's DNS name.
+pub fn endpoints(c: &MqttCluster, service: Option<&Service>, ns: &str) -> Vec<String> {
+    let mut hosts: Vec<String> = service
+        .and_then(|s| s.status.as_ref())
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .map(|ingress| {
+            ingress
+                .iter()
+                .filter_map(|i| i.hostname.clone().or_else(|| i.ip.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    if hosts.is_empty() {
+        hosts.push(format!("{}-hub.{ns}.svc", c.name_any()));
+    }
+    let tls = c
+        .spec
+        .hub
+        .listeners
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.secret_name.is_some());
+    let mut out = Vec::new();
+    for h in &hosts {
+        out.push(format!("mqtt://{h}:1883"));
+        out.push(format!("ws://{h}:8083/mqtt"));
+        if tls {
+            out.push(format!("mqtts://{h}:8883"));
+            out.push(format!("wss://{h}:8084/mqtt"));
+        }
+        if coap_enabled(c) {
+            out.push(format!("coap://{h}:{}", coap_port(c)));
+        }
+    }
+    out
+}
+
 /// The CoAP listener runs unless the spec turns it off.
 fn coap_enabled(c: &MqttCluster) -> bool {
     c.spec.hub.listeners.coap.as_ref().is_none_or(|l| l.enabled)

@@ -73,7 +73,7 @@ async fn reconcile_inner(c: &MqttCluster, ctx: &Context, ns: &str) -> Result<Act
                 ctx,
                 c,
                 ns,
-                (0, 0),
+                Observed::default(),
                 vec![condition("Ready", false, "InvalidSpec", &e.to_string(), c)],
             )
             .await?;
@@ -161,6 +161,18 @@ async fn reconcile_inner(c: &MqttCluster, ctx: &Context, ns: &str) -> Result<Act
         None => Err(Error::Invalid("spec.nats missing".into())),
     };
     let hub_available = ready > 0;
+    let connections = match (&c.spec.nats, &nats_ok) {
+        (Some(n), Ok(())) => ctx
+            .nats
+            .hub_connections(&n.url, &cmq_crds::kv::cluster_name(ns, &c.name_any()))
+            .await
+            .unwrap_or(None),
+        _ => None,
+    };
+    let service = Api::<Service>::namespaced(ctx.client.clone(), ns)
+        .get_opt(&built.service.name_any())
+        .await?;
+    let endpoints = build::endpoints(c, service.as_ref(), ns);
     let conditions = vec![
         condition(
             "HubAvailable",
@@ -216,9 +228,15 @@ async fn reconcile_inner(c: &MqttCluster, ctx: &Context, ns: &str) -> Result<Act
             c,
         ),
     ];
-    set_status(ctx, c, ns, (ready, dispatch_ready), conditions).await?;
+    let observed = Observed {
+        ready,
+        dispatch_ready,
+        connections,
+        endpoints,
+    };
+    set_status(ctx, c, ns, observed, conditions).await?;
     // Pods come and go without touching the MqttCluster: look again now and then.
-    Ok(Action::requeue(std::time::Duration::from_secs(30)))
+    Ok(Action::requeue(std::time::Duration::from_secs(15)))
 }
 
 /// Creates the cluster's CoAP token key once (a random 32 bytes); an existing one is kept,
@@ -249,6 +267,15 @@ async fn ensure_coap_secret(c: &MqttCluster, client: &kube::Client, ns: &str) ->
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
         Err(e) => Err(e.into()),
     }
+}
+
+/// What a reconcile saw of the running cluster.
+#[derive(Default)]
+struct Observed {
+    ready: i32,
+    dispatch_ready: i32,
+    connections: Option<i64>,
+    endpoints: Vec<String>,
 }
 
 fn error_policy(c: Arc<MqttCluster>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -282,7 +309,7 @@ async fn set_status(
     ctx: &Context,
     c: &MqttCluster,
     ns: &str,
-    (ready, dispatch_ready): (i32, i32),
+    observed: Observed,
     mut conditions: Vec<Condition>,
 ) -> Result<(), Error> {
     let old = c.status.clone().unwrap_or_default();
@@ -293,8 +320,16 @@ async fn set_status(
             cond.last_transition_time = o.last_transition_time.clone();
         }
     }
+    let Observed {
+        ready,
+        dispatch_ready,
+        connections,
+        endpoints,
+    } = observed;
     let same =
         old.hub_ready_replicas == ready
+            && old.connections == connections
+            && old.endpoints == endpoints
             && old.dispatch_ready_replicas == dispatch_ready
             && old.observed_generation == c.meta().generation
             && old.conditions.len() == conditions.len()
@@ -311,6 +346,8 @@ async fn set_status(
             "observedGeneration": c.meta().generation,
             "hubReadyReplicas": ready,
             "dispatchReadyReplicas": dispatch_ready,
+            "connections": connections,
+            "endpoints": endpoints,
             "conditions": conditions,
         }
     });

@@ -61,6 +61,10 @@ pub trait Router: Send + Sync {
     /// abnormally) and run its expiry timer here.
     /// `elapsed`: seconds since the session was released (0 for a connection of a crash).
     fn adopt_orphan(&self, client_id: String, will: Option<Will>, expiry: u32, elapsed: u32);
+    /// Connections the hub holds now (reported with its heartbeat, for the operator).
+    fn connections(&self) -> usize {
+        0
+    }
 }
 
 /// The NATS implementation of the state traits.

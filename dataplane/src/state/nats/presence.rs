@@ -4,6 +4,7 @@
 //!
 //! Stream `cmq_<c>_hubs` (one message per subject):
 //! - `cmq.<c>.hb.<hub>`: heartbeat, written every `HEARTBEAT` with a `DEAD_AFTER` TTL;
+//!   payload `{"connections": N}` (the operator sums them into the MqttCluster's status);
 //! - `cmq.<c>.member.<hub>`: the hub joined and has not left cleanly;
 //! - `cmq.<c>.reap.<hub>`: a reaper's claim on a dead hub (TTL), so one hub reaps it.
 //!
@@ -185,8 +186,10 @@ impl NatsState {
 
     async fn heartbeat(&self) -> Result<(), StateError> {
         let hub = self.names.hub();
+        // The load, for the operator's MqttCluster status (`connections`).
+        let connections = self.router().map_or(0, |r| r.connections());
         let beat = PublishMessage::build()
-            .payload(Bytes::new())
+            .payload(Bytes::from(format!("{{\"connections\":{connections}}}")))
             .ttl(DEAD_AFTER);
         self.js
             .send_publish(self.names.heartbeat(hub), beat)
