@@ -60,10 +60,13 @@ enum Cmd {
 pub struct Registry {
     clients: Mutex<HashMap<Arc<str>, mpsc::Sender<Cmd>>>,
     /// NON notifications sent recently: an RST to one cancels its observation.
-    nons: Mutex<HashMap<(SocketAddr, u16), (Arc<str>, u32, std::time::Instant)>>,
+    nons: Mutex<HashMap<(SocketAddr, u16), SentNon>>,
     /// Ends every client task (hub shutdown).
     stop: tokio_util::sync::CancellationToken,
 }
+
+/// A NON notification sent: to which client and observation, when.
+type SentNon = (Arc<str>, u32, std::time::Instant);
 
 /// How long a NON notification's message id is remembered (RFC 7252 NON_LIFETIME).
 const NON_LIFETIME: std::time::Duration = std::time::Duration::from_secs(145);
@@ -220,10 +223,10 @@ async fn client_task(
     gw: &Arc<Gateway>,
     client: &Client,
 ) -> Result<mpsc::Sender<Cmd>, ResponseType> {
-    if let Some(s) = gw.observers.clients.lock().get(&client.client_id) {
-        if !s.is_closed() {
-            return Ok(s.clone());
-        }
+    if let Some(s) = gw.observers.clients.lock().get(&client.client_id)
+        && !s.is_closed()
+    {
+        return Ok(s.clone());
     }
     let claim = gw
         .broker
