@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use coap_lite::{MessageClass, MessageType, Packet, ResponseType};
+use coap_lite::{CoapOption, MessageClass, MessageType, Packet, ResponseType};
 use futures_util::future::BoxFuture;
 use mqttbytes::QoS;
 use parking_lot::Mutex;
@@ -61,6 +61,9 @@ pub struct Registry {
     clients: Mutex<HashMap<Arc<str>, mpsc::Sender<Cmd>>>,
     /// NON notifications sent recently: an RST to one cancels its observation.
     nons: Mutex<HashMap<(SocketAddr, u16), SentNon>>,
+    /// The last notification larger than a block, per (peer, filter), for the client's
+    /// Block2 GETs of the rest.
+    large: Mutex<HashMap<(SocketAddr, String), (bytes::Bytes, std::time::Instant)>>,
     /// Ends every client task (hub shutdown).
     stop: tokio_util::sync::CancellationToken,
 }
@@ -92,8 +95,32 @@ impl Registry {
         }
     }
 
+    fn keep_large(&self, peer: SocketAddr, filter: &str, payload: &[u8]) {
+        let mut large = self.large.lock();
+        if large.len() < MAX_NONS {
+            large.insert(
+                (peer, filter.to_owned()),
+                (
+                    bytes::Bytes::copy_from_slice(payload),
+                    std::time::Instant::now(),
+                ),
+            );
+        }
+    }
+
+    /// The last large notification `peer` got for `filter`, if any.
+    pub fn large(&self, peer: SocketAddr, filter: &str) -> Option<bytes::Bytes> {
+        self.large
+            .lock()
+            .get(&(peer, filter.to_owned()))
+            .map(|(b, _)| b.clone())
+    }
+
     pub fn sweep(&self) {
         let now = std::time::Instant::now();
+        self.large
+            .lock()
+            .retain(|_, (_, at)| now.duration_since(*at) < NON_LIFETIME);
         self.nons
             .lock()
             .retain(|_, (_, _, at)| now.duration_since(*at) < NON_LIFETIME);
@@ -274,7 +301,20 @@ fn notification(
     p.set_token(obs.token.clone());
     p.set_observe_value(obs.seq);
     obs.seq = (obs.seq + 1) & 0x00FF_FFFF;
-    p.payload = payload.to_vec();
+    if payload.len() > super::block::BLOCK {
+        // RFC 7959 2.6: the first block; the client GETs the rest (served from `large`).
+        if let Some((part, b)) = super::block::slice(payload, 0, super::block::SZX) {
+            p.add_option(CoapOption::Block2, b.encode());
+            p.add_option(
+                CoapOption::Size2,
+                super::block::uint(u32::try_from(payload.len()).unwrap_or(u32::MAX)),
+            );
+            p.payload = part.to_vec();
+        }
+        gw.observers.keep_large(obs.peer, &obs.filter, payload);
+    } else {
+        p.payload = payload.to_vec();
+    }
     (request::encode(&p), mid)
 }
 

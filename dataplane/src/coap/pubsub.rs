@@ -212,7 +212,17 @@ async fn route(gw: &Arc<Gateway>, req: &Request, peer: SocketAddr) -> Outcome {
                 (RequestType::Get, Some(1)) => {
                     super::observer::deregister(gw, req, peer, &client, &topic).await
                 }
-                (RequestType::Get, None) => retained(gw, &client, &topic).await,
+                (RequestType::Get, None) => {
+                    // The rest of a large notification (RFC 7959 2.6), else the retained.
+                    match req
+                        .block2_num
+                        .filter(|n| *n > 0)
+                        .and_then(|_| gw.observers.large(peer, &topic))
+                    {
+                        Some(body) => (ResponseType::Content, Some((body.to_vec(), None)), None),
+                        None => retained(gw, &client, &topic).await,
+                    }
+                }
                 (RequestType::Get, Some(_)) => {
                     answer_text(ResponseType::BadRequest, "invalid observe value")
                 }

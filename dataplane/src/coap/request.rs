@@ -15,6 +15,8 @@ pub struct Request {
     pub mid: u16,
     pub confirmable: bool,
     pub payload: Vec<u8>,
+    /// The block asked for (Block2), if any.
+    pub block2_num: Option<u32>,
 }
 
 /// Why a request cannot be read.
@@ -97,6 +99,10 @@ impl Request {
             token: packet.get_token().to_vec(),
             mid: packet.header.message_id,
             confirmable: packet.header.get_type() == MessageType::Confirmable,
+            block2_num: packet
+                .get_first_option(CoapOption::Block2)
+                .and_then(|v| super::block::Block::decode(v))
+                .map(|b| b.num),
             payload: packet.payload,
         })
     }
@@ -112,6 +118,7 @@ impl Request {
             mid: self.mid,
             confirmable: self.confirmable,
             payload: Vec::new(),
+            block2_num: self.block2_num,
         }
     }
 

@@ -78,7 +78,8 @@ def _connect_again(m: Mqtt, hub, expiry: int) -> None:
 
 def _drain(sock: socket.socket, timeout: float) -> tuple[list[Packet], bytes]:
     """Read what the old hub still sent on ``sock`` until it closes (bounded); returns the
-    packets (MQTT 5) and any undecodable rest (paho may have stopped mid-packet)."""
+    packets (MQTT 5) and the bytes that were not part of them (the tail of a packet paho
+    had begun to read, or an undecodable rest)."""
     buf = b""
     deadline = time.monotonic() + timeout
     while True:
@@ -96,7 +97,21 @@ def _drain(sock: socket.socket, timeout: float) -> tuple[list[Packet], bytes]:
             break
         buf += chunk
     sock.close()
-    packets, pos = [], 0
+    # paho may have stopped reading in the middle of a packet: the buffer then starts with
+    # the tail of one. Take the first offset from which whole packets run to the end.
+    fallback = None
+    for start in range(0, min(len(buf), 1 << 16)):
+        packets, pos = _parse(buf, start)
+        if pos == len(buf) and packets:
+            return packets, buf[:start]
+        if start == 0:
+            fallback = (packets, buf[pos:])
+    return fallback if fallback is not None else ([], buf)
+
+
+def _parse(buf: bytes, pos: int) -> tuple[list[Packet], int]:
+    """Whole MQTT 5 packets from ``pos`` on; returns them and where parsing stopped."""
+    packets = []
     while pos + 2 <= len(buf):
         try:
             length, body_at = dec_varint(buf, pos + 1)
@@ -105,12 +120,14 @@ def _drain(sock: socket.socket, timeout: float) -> tuple[list[Packet], bytes]:
         if body_at + length > len(buf):
             break
         first = buf[pos]
+        if first >> 4 == 0:
+            break  # type 0 is reserved: not a packet boundary
         try:
             packets.append(Packet(first >> 4, first & 0x0F, buf[body_at:body_at + length]).decode())
         except Exception:
             break
         pos = body_at + length
-    return packets, buf[pos:]
+    return packets, pos
 
 
 def _old_connection_report(packets: list[Packet], rest: bytes) -> str:

@@ -77,3 +77,21 @@ def test_connection_mode_token_works_on_any_hub(deploy):
     assert res.response.code == "2.02", res
     res = coap_client(dep.uri("mqtt/connection", c=client_id), "-m", "put")
     assert res.response.code == "4.00", res
+
+
+def test_large_notification_comes_in_blocks(deploy):
+    """A notification longer than one block carries the first Block2 block (and Size2);
+    aiocoap fetches the rest with GETs and sees the whole message (RFC 7959 2.6)."""
+    from coaptools import AioObserver
+    from clusterlib import wait_for
+
+    dep = deploy()
+    topic = f"{uid('bign')}/t"
+    obs = AioObserver(dep.uri(f"ps/{topic}", c=uid("obs"))).start()
+    assert obs.code == "2.05", obs.first
+    pub = dep.mqtt(dep.coap_hub)
+    body = os.urandom(2600).hex().encode()[:5000]
+    # the observation may need a moment to be in force across a cluster: publish until seen
+    assert wait_for(lambda: (pub.publish(topic, body, qos=1) and False) or body in obs.payloads(),
+                    15, interval=1.0), [len(p) for p in obs.payloads()]
+    assert dep.metric("cmq_hub_coap_blocks_total") >= 4
