@@ -52,6 +52,10 @@ def test_kafka_gets_exactly_the_selected_rows_with_key_topic_and_headers(standal
     assert broker.metric("cmq_dispatch_rule_matched_total", rule="default/hot") == 3
     assert wait_for(lambda: broker.metric("cmq_dispatch_rule_forwarded_total",
                                           rule="default/hot") == 3, 10)
+    # write latency per sink kind, and librdkafka's own statistics (every second)
+    assert broker.metric("cmq_dispatch_sink_latency_seconds_count", kind="kafka") >= 3
+    assert wait_for(lambda: broker.metric("cmq_dispatch_kafka_sent_messages",
+                                          bootstrap=kafka.bootstrap) >= 3, 10)
 
 
 def test_http_webhook_retries_5xx_and_dead_letters_4xx(standalone):
