@@ -106,9 +106,10 @@ pub struct BenchArgs {
     /// connections go to a loopback IPv4 broker; otherwise 1).
     #[arg(long, default_value_t = 0, env = "CMQ_BENCH_SOURCE_ADDRS")]
     pub source_addrs: u8,
-    /// PID of the broker: sample its CPU time (and RSS in idle mode) from /proc.
-    #[arg(long, env = "CMQ_BENCH_BROKER_PID")]
-    pub broker_pid: Option<u32>,
+    /// PIDs of the broker's processes (comma-separated; e.g. a hub and its nats-server):
+    /// their CPU time (and RSS in idle mode) from /proc, summed.
+    #[arg(long, env = "CMQ_BENCH_BROKER_PID", value_delimiter = ',')]
+    pub broker_pid: Vec<u32>,
     /// Print only the one-line JSON report.
     #[arg(long, env = "CMQ_BENCH_JSON")]
     pub json: bool,

@@ -69,7 +69,7 @@ pub(crate) async fn run_idle(args: &BenchArgs, cfg: ConnCfg) -> anyhow::Result<B
     };
     // Bounded: pacing + one connect timeout + hold + 10 s.
     let deadline = t0 + spawn_phase + cfg.timeout + hold + Duration::from_secs(10);
-    let before = args.broker_pid.and_then(|p| procstat::sample(p).ok());
+    let before = procstat::sample_all(&args.broker_pid);
 
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<ConnEvent>();
     let (release_tx, release_rx) = watch::channel(false);
@@ -147,11 +147,11 @@ pub(crate) async fn run_idle(args: &BenchArgs, cfg: ConnCfg) -> anyhow::Result<B
     // Let the broker settle, then measure memory.
     let settle = Duration::from_secs(1);
     sleep(settle).await;
-    let after = args.broker_pid.and_then(|p| procstat::sample(p).ok());
+    let after = procstat::sample_all(&args.broker_pid);
     let rest = hold.saturating_sub(settle);
     let hold_end = (Instant::now() + rest).min(deadline);
     sleep_until(hold_end.into()).await;
-    let cpu_end = args.broker_pid.and_then(|p| procstat::sample(p).ok());
+    let cpu_end = procstat::sample_all(&args.broker_pid);
     let _ = release_tx.send(true);
     let mut dropped = 0u64;
     let join_by = Instant::now() + Duration::from_secs(5);
@@ -208,7 +208,7 @@ pub(crate) async fn run_connect(args: &BenchArgs, cfg: ConnCfg) -> anyhow::Resul
     let pid = std::process::id();
     // Bounded: stop starting handshakes after 60 s; each has its own timeout.
     let stop_starting = Instant::now() + Duration::from_secs(60);
-    let before = args.broker_pid.and_then(|p| procstat::sample(p).ok());
+    let before = procstat::sample_all(&args.broker_pid);
     let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let mut workers = Vec::with_capacity(c);
@@ -261,7 +261,7 @@ pub(crate) async fn run_connect(args: &BenchArgs, cfg: ConnCfg) -> anyhow::Resul
             Err(e) => errors.add(format!("worker: {e}")),
         }
     }
-    let after = args.broker_pid.and_then(|p| procstat::sample(p).ok());
+    let after = procstat::sample_all(&args.broker_pid);
     let secs = last.duration_since(start).as_secs_f64();
     let up = streams.len() as u64;
     // Close: DISCONNECT on each (best effort, non-blocking), then drop.

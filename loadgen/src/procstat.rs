@@ -24,6 +24,20 @@ pub fn sample(pid: u32) -> anyhow::Result<ProcSample> {
     })
 }
 
+/// The sum over several processes; `None` when there are none or one cannot be read.
+pub fn sample_all(pids: &[u32]) -> Option<ProcSample> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().try_fold(ProcSample::default(), |acc, &pid| {
+        let s = sample(pid).ok()?;
+        Some(ProcSample {
+            rss_bytes: acc.rss_bytes + s.rss_bytes,
+            cpu_s: acc.cpu_s + s.cpu_s,
+        })
+    })
+}
+
 fn parse_vmrss(status: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -53,5 +67,8 @@ mod tests {
         assert_eq!(parse_vmrss(status), Some(2 * 1024 * 1024));
         let me = sample(std::process::id()).unwrap();
         assert!(me.rss_bytes > 0);
+        let twice = sample_all(&[std::process::id(), std::process::id()]).unwrap();
+        assert!(twice.rss_bytes > me.rss_bytes && twice.cpu_s >= me.cpu_s);
+        assert_eq!(sample_all(&[]), None);
     }
 }

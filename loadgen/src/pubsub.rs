@@ -286,11 +286,11 @@ pub(crate) async fn run(
     let _ = shared.timing.set(timing);
     let _ = start_tx.send(true);
 
-    let broker_pid = args.broker_pid;
+    let broker_pid = &args.broker_pid;
     sleep_until(timing.measure_start.into()).await;
-    let cpu0 = broker_pid.and_then(|pid| procstat::sample(pid).ok());
+    let cpu0 = procstat::sample_all(broker_pid);
     sleep_until(timing.measure_end.into()).await;
-    let cpu1 = broker_pid.and_then(|pid| procstat::sample(pid).ok());
+    let cpu1 = procstat::sample_all(broker_pid);
 
     let mut sent = 0u64;
     let mut window_resets = 0u64;
