@@ -483,7 +483,8 @@ async fn a_connection_task_stays_small() {
         CancellationToken::new(),
     );
     let size = std::mem::size_of_val(&task);
-    assert!(size <= 2048, "connection task grew to {size} bytes");
+    eprintln!("connection task future: {size} bytes");
+    assert!(size <= 1400, "connection task grew to {size} bytes");
 }
 
 #[tokio::test]

@@ -366,12 +366,16 @@ impl Connection {
             ));
         }
         if p.topic.is_empty() {
-            return self.inbound_aliases.get(&alias).cloned().ok_or_else(|| {
+            let known = self.aliases.as_ref().and_then(|a| a.inbound.get(&alias));
+            return known.cloned().ok_or_else(|| {
                 Exit::violation(Dr::ProtocolError, format!("unknown topic alias {alias}"))
             });
         }
         let topic: Arc<str> = Arc::from(p.topic.as_str());
-        self.inbound_aliases.insert(alias, topic.clone());
+        self.aliases
+            .get_or_insert_with(Default::default)
+            .inbound
+            .insert(alias, topic.clone());
         Ok(topic)
     }
 

@@ -104,67 +104,105 @@ impl Exit {
 }
 
 /// Serves one accepted socket until it closes.
-pub async fn serve(
+///
+/// Not an `async fn`: its arguments would be kept in the task next to the connection's own
+/// copies. Every connection is one task of this future's size, idle ones included.
+pub fn serve(
+    broker: Arc<Broker>,
+    transport: Transport,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) -> impl std::future::Future<Output = ()> + Send {
+    let span = info_span!("connection", %peer, transport = transport.kind(), client_id = tracing::field::Empty, protocol = tracing::field::Empty);
+    serve_traced(broker, transport, peer, shutdown).instrument(span)
+}
+
+async fn serve_traced(
     broker: Arc<Broker>,
     mut transport: Transport,
     peer: SocketAddr,
     shutdown: CancellationToken,
 ) {
-    let span = info_span!("connection", %peer, transport = transport.kind(), client_id = tracing::field::Empty, protocol = tracing::field::Empty);
-    async move {
-        // Boxed: the handshake's state (session claim, CONNACK) is larger than the steady
-        // state of a connection, and a task is as large as its largest await point.
-        let accepted = tokio::select! {
-            r = Box::pin(handshake(&broker, &mut transport, peer.ip())) => r,
-            _ = shutdown.cancelled() => return,
-        };
-        let accepted = match accepted {
-            Ok(a) => a,
-            Err(refused) => return refuse(&broker, &mut transport, refused).await,
-        };
-        let span = tracing::Span::current();
-        span.record("client_id", &*accepted.client_id);
-        span.record("protocol", accepted.version.as_str());
-        broker.metrics.connack("success");
-        debug!(
-            session_present = accepted.claim.present,
-            credential = accepted.access.principal.describe(),
-            "client connected"
-        );
-        let _slot = accepted.slot;
-        let mut conn = Connection {
-            broker: broker.clone(),
-            version: accepted.version,
-            claim: accepted.claim,
-            will: accepted.will,
-            access: accepted.access,
-            keep_alive: accepted.keep_alive,
-            connect_expiry_zero: accepted.connect_expiry_zero,
-            client_receive_maximum: accepted.client_receive_maximum,
-            client_max_packet_size: accepted.client_max_packet_size,
-            client_topic_alias_maximum: accepted.client_topic_alias_maximum,
-            inbound_aliases: HashMap::new(),
-            outbound_aliases: HashMap::new(),
-            // The CONNECT was read into a large buffer; keep it only if more data followed.
-            read_buf: if accepted.leftover.is_empty() {
-                BytesMut::new()
-            } else {
-                accepted.leftover
-            },
-            write_buf: accepted.out,
-            batch: Vec::new(),
-            last_packet: Instant::now(),
-            delivered: [0; 3],
-            input_pending: false,
-            stores: None,
-            qos2_unsaved: false,
-            qos2_completed: false,
-        };
-        let exit = conn.run(&mut transport, &shutdown).await;
-        Box::pin(conn.finish(&mut transport, exit)).await;
-    }
-    .instrument(span)
-    .await
+    // Boxed: the handshake's state (session claim, CONNACK) is larger than the steady state
+    // of a connection, and a task is as large as its largest await point.
+    let Some((mut conn, _slot)) = Box::pin(open(&broker, &mut transport, peer, &shutdown)).await
+    else {
+        return;
+    };
+    let exit = conn.run(&mut transport, &shutdown).await;
+    Box::pin(conn.finish(&mut transport, exit)).await;
+}
+
+/// The handshake: a connection with its session, or `None` once a refused client is told.
+async fn open<'a>(
+    broker: &'a Arc<Broker>,
+    transport: &mut Transport,
+    peer: SocketAddr,
+    shutdown: &CancellationToken,
+) -> Option<(Connection, crate::broker::ConnectionSlot<'a>)> {
+    let accepted = tokio::select! {
+        r = handshake(broker, transport, peer.ip()) => r,
+        _ = shutdown.cancelled() => return None,
+    };
+    let accepted = match accepted {
+        Ok(a) => a,
+        Err(refused) => {
+            refuse(broker, transport, refused).await;
+            return None;
+        }
+    };
+    let span = tracing::Span::current();
+    span.record("client_id", &*accepted.client_id);
+    span.record("protocol", accepted.version.as_str());
+    broker.metrics.connack("success");
+    debug!(
+        session_present = accepted.claim.present,
+        credential = accepted.access.principal.describe(),
+        "client connected"
+    );
+    let handshake::Accepted {
+        slot,
+        version,
+        claim,
+        will,
+        access,
+        keep_alive,
+        connect_expiry_zero,
+        client_receive_maximum,
+        client_max_packet_size,
+        client_topic_alias_maximum,
+        leftover,
+        out,
+        ..
+    } = accepted;
+    let conn = Connection {
+        broker: broker.clone(),
+        version,
+        claim,
+        will,
+        access,
+        keep_alive,
+        connect_expiry_zero,
+        client_receive_maximum,
+        client_max_packet_size,
+        client_topic_alias_maximum,
+        aliases: None,
+        // The CONNECT was read into a larger buffer: an idle connection keeps none.
+        read_buf: if leftover.is_empty() {
+            BytesMut::new()
+        } else {
+            leftover
+        },
+        write_buf: out,
+        batch: Vec::new(),
+        last_packet: Instant::now(),
+        delivered: [0; 3],
+        input_pending: false,
+        stores: None,
+        qos2_unsaved: false,
+        qos2_completed: false,
+    };
+    Some((conn, slot))
 }
 
 async fn refuse(broker: &Broker, transport: &mut Transport, refused: Refused) {
@@ -227,10 +265,8 @@ pub(crate) struct Connection {
     client_receive_maximum: u16,
     client_max_packet_size: usize,
     client_topic_alias_maximum: u16,
-    /// Topic aliases the client set up (alias → topic).
-    inbound_aliases: HashMap<u16, Arc<str>>,
-    /// Topic aliases the hub set up towards the client (topic → alias).
-    outbound_aliases: HashMap<Arc<str>, u16>,
+    /// MQTT 5 topic aliases, once either side uses one (boxed: most connections never do).
+    aliases: Option<Box<TopicAliases>>,
     read_buf: BytesMut,
     write_buf: BytesMut,
     batch: Vec<Delivery>,
@@ -246,6 +282,15 @@ pub(crate) struct Connection {
     qos2_unsaved: bool,
     /// PUBCOMPs of this read ended QoS 2 flows that are still on record.
     qos2_completed: bool,
+}
+
+/// MQTT 5 topic aliases of one connection.
+#[derive(Default)]
+pub(crate) struct TopicAliases {
+    /// Set up by the client (alias → topic).
+    inbound: HashMap<u16, Arc<str>>,
+    /// Set up by the hub towards the client (topic → alias).
+    outbound: HashMap<Arc<str>, u16>,
 }
 
 /// A publish waiting for its store: packet id, QoS and the store's outcome.

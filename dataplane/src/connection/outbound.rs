@@ -101,7 +101,10 @@ impl Connection {
         encode_publish(&out, &mut self.write_buf);
         let pkid = out.pkid;
         if new_alias && let Some(a) = alias {
-            self.outbound_aliases.insert(topic.clone(), a);
+            self.aliases
+                .get_or_insert_with(Default::default)
+                .outbound
+                .insert(topic.clone(), a);
         }
         self.delivered[d.qos as usize] += 1;
         if d.qos == QoS::ExactlyOnce && d.message.stored.is_some() {
@@ -123,10 +126,11 @@ impl Connection {
         if self.client_topic_alias_maximum == 0 || !self.version.is_v5() {
             return (None, false);
         }
-        if let Some(a) = self.outbound_aliases.get(topic) {
+        let outbound = self.aliases.as_ref().map(|a| &a.outbound);
+        if let Some(a) = outbound.and_then(|o| o.get(topic)) {
             return (Some(*a), false);
         }
-        let used = self.outbound_aliases.len();
+        let used = outbound.map_or(0, |o| o.len());
         if used < usize::from(self.client_topic_alias_maximum) {
             // Aliases are never reassigned, so the next free one is len + 1.
             return (Some(used as u16 + 1), true);
