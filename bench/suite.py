@@ -54,6 +54,8 @@ class Case:
     target: tuple[str, str, float] | None = None
     brokers: list[str] = field(default_factory=lambda: list(BROKERS))
     seconds_flag: bool = True
+    # runs per round and broker: a case that lasts about a second is mostly noise once
+    repeat: int = 1
 
 
 THROUGHPUT = [
@@ -69,6 +71,7 @@ IDLE = [
 CONNECT = [
     ("connect_rate", "CONNECT→CONNACK per s", True),
     ("connect_p99_us", "handshake p99 µs", False),
+    ("broker_cpu_us_per_connection", "broker CPU µs per connection", False),
 ]
 
 
@@ -103,7 +106,7 @@ CASES = [
                       "--hold", "2"], IDLE, ("rss_per_connection", "max", 1024),
          seconds_flag=False),
     Case("connect_10k", ["--mode", "connect", "--connections", "10000", "--concurrency", "200"],
-         CONNECT, ("connect_rate", "peer:mosquitto", 1.0), seconds_flag=False),
+         CONNECT, ("connect_rate", "peer:mosquitto", 1.0), seconds_flag=False, repeat=3),
     # CMQ: one hub in cluster mode on one nats-server; NATS: that server's MQTT listener.
     # Both sides: every server process on core 0.
     Case("cluster_qos1", pubsub(8, 8, 8, 1, "--inflight", "500"), THROUGHPUT,
@@ -150,7 +153,9 @@ def ensure_tools(brokers: list[str]) -> dict[str, str]:
 def git_head() -> str:
     r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                        text=True)
-    return r.stdout.strip() or "unknown"
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                           capture_output=True, text=True).stdout.strip()
+    return (r.stdout.strip() or "unknown") + ("-dirty" if dirty else "")
 
 
 # ---------------------------------------------------------------------------------- brokers
@@ -348,11 +353,12 @@ def main() -> int:
                         plan.append(("cmq@2", "0,1"))
                     for broker, cpuset in plan:
                         name = broker.split("@")[0]
-                        log(f"round {rnd}: {case.name} / {broker}")
-                        rep = run_case(case, name, cpuset, args.seconds, Path(work))
-                        with results.open("a") as f:
-                            f.write(json.dumps({"round": rnd, "case": case.name,
-                                                "broker": broker, "report": rep}) + "\n")
+                        for _ in range(case.repeat):
+                            log(f"round {rnd}: {case.name} / {broker}")
+                            rep = run_case(case, name, cpuset, args.seconds, Path(work))
+                            with results.open("a") as f:
+                                f.write(json.dumps({"round": rnd, "case": case.name,
+                                                    "broker": broker, "report": rep}) + "\n")
     table = summarize(results, json.loads(meta_path.read_text()))
     (OUT / "table.md").write_text(table)
     print(table)
@@ -375,10 +381,15 @@ def summarize(results: Path, meta: dict) -> str:
     for line in results.read_text().splitlines():
         r = json.loads(line)
         key = (r["case"], r["broker"])
-        if r["report"] is None:
+        rep = r["report"]
+        if rep is None:
             failed[key] = failed.get(key, 0) + 1
-        else:
-            rows.setdefault(key, []).append(r["report"])
+            continue
+        if rep.get("mode") == "connect" and rep.get("broker_cpu_s") is not None \
+                and rep.get("connections_established"):
+            rep["broker_cpu_us_per_connection"] = (
+                rep["broker_cpu_s"] * 1e6 / rep["connections_established"])
+        rows.setdefault(key, []).append(rep)
 
     def med(case: str, broker: str, k: str) -> float | None:
         vals = [x[k] for x in rows.get((case, broker), []) if x.get(k) is not None]
