@@ -315,6 +315,7 @@ def run_case(case: Case, broker: str, cores: str, secs: float, work: Path) -> di
 
 
 def main() -> int:
+    global OUT
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=10.0)
@@ -324,6 +325,8 @@ def main() -> int:
                     help="1: broker on core 0 (default); 2: also CMQ on cores 0-1 (scaling)")
     ap.add_argument("--write-docs", action="store_true",
                     help="replace the suite table in docs/benchmarks.md")
+    ap.add_argument("--out", type=Path, default=OUT,
+                    help=f"where results and logs go (default {OUT})")
     ap.add_argument("--summarize", action="store_true",
                     help="only summarize the existing results.jsonl")
     args = ap.parse_args()
@@ -333,6 +336,7 @@ def main() -> int:
         ap.error(f"unknown case; cases: {', '.join(c.name for c in CASES)}")
     brokers = args.broker or BROKERS
     cores = sorted(set(args.cores or [1]))
+    OUT = args.out.resolve()
     OUT.mkdir(parents=True, exist_ok=True)
     results = OUT / "results.jsonl"
     meta_path = OUT / "meta.json"

@@ -127,7 +127,7 @@ impl Broker {
                 self.reset_session(&session, &mut state);
                 if let Some(will) = pending_will {
                     // The session ends here, so a will still waiting for its delay goes now.
-                    self.publish_will(will).await;
+                    self.publish_will(*will).await;
                 }
             }
             let resumed = record.filter(|_| created && !clean_start);
@@ -225,7 +225,7 @@ impl Broker {
         let delay = Duration::from_secs(u64::from(will.delay.min(expiry)));
         let token = {
             let mut control = session.control.lock();
-            control.pending_will = Some(will);
+            control.pending_will = Some(Box::new(will));
             control
                 .timers
                 .get_or_insert_with(CancellationToken::new)
@@ -236,7 +236,7 @@ impl Broker {
         self.spawn_timer(token, delay, async move {
             let will = session.control.lock().pending_will.take();
             if let Some(will) = will {
-                broker.publish_will(will).await;
+                broker.publish_will(*will).await;
             }
         });
     }
@@ -299,7 +299,7 @@ impl Broker {
         drop(state);
         self.forget_record(&session.client_id).await;
         if let Some(will) = will {
-            self.publish_will(will).await;
+            self.publish_will(*will).await;
         }
     }
 

@@ -88,7 +88,8 @@ pub struct Control {
     /// Set once the session has ended; a connection that finds it so must start anew.
     pub ended: bool,
     /// The will of the last connection, waiting for its delay (or the session end).
-    pub pending_will: Option<super::will::Will>,
+    /// Boxed: rare, and every session carries the field.
+    pub pending_will: Option<Box<super::will::Will>>,
     /// The connection was closed because another hub took the session over.
     pub remote_takeover: bool,
 }

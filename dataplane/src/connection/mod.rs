@@ -179,7 +179,8 @@ async fn open<'a>(
         broker: broker.clone(),
         version,
         claim,
-        will,
+        // Boxed: most clients set no will, and every connection's task pays for the field.
+        will: will.map(Box::new),
         access,
         keep_alive,
         connect_expiry_zero,
@@ -257,7 +258,7 @@ pub(crate) struct Connection {
     broker: Arc<Broker>,
     version: ProtocolVersion,
     claim: Claim,
-    will: Option<Will>,
+    will: Option<Box<Will>>,
     /// Who the client is, and its ACL (boxed: one pointer in every connection's task).
     access: Box<ConnAccess>,
     keep_alive: u16,
@@ -575,7 +576,8 @@ impl Connection {
         let will = match exit {
             Exit::ClientDisconnect { will } => will.then_some(()).and(self.will.take()),
             _ => self.will.take(),
-        };
+        }
+        .map(|w| *w);
         let Connection { broker, claim, .. } = self;
         broker.release_session(claim, will).await;
     }

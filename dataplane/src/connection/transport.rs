@@ -60,7 +60,9 @@ impl Transport {
     pub async fn read_up_to(&mut self, buf: &mut BytesMut, chunk: usize) -> io::Result<usize> {
         match self {
             Self::Tcp(stream) => loop {
-                stream.readable().await?;
+                // `poll_read_ready` rather than `readable()`: the same readiness, without the
+                // 150-byte waiter every connection's task would carry while it waits.
+                std::future::poll_fn(|cx| stream.poll_read_ready(cx)).await?;
                 buf.reserve(chunk);
                 match stream.try_read_buf(buf) {
                     Ok(n) => return Ok(n),
