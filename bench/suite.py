@@ -376,7 +376,7 @@ def main() -> int:
 def fmt(v: float | None) -> str:
     if v is None:
         return "–"
-    return f"{v:,.0f}" if abs(v) >= 10 else f"{v:,.2f}"
+    return f"{v:,.0f}" if abs(v) >= 10 or float(v).is_integer() else f"{v:,.2f}"
 
 
 def summarize(results: Path, meta: dict) -> str:
