@@ -228,14 +228,13 @@ class Broker:
     def start_nats(self, mqtt: bool) -> int:
         store = self.work / f"js-{time.time_ns()}"
         conf = self.work / "nats.conf"
-        port = PORT if not (self.case == "cluster_qos1" and self.name == "cmq") else None
         lines = [
             "server_name: cmq_bench",
             f"listen: 127.0.0.1:{CLUSTER_NATS_PORT}",
             f'jetstream {{ store_dir: "{store}" }}',
         ]
-        if mqtt and port:
-            lines.append(f"mqtt {{ listen: 127.0.0.1:{port} }}")
+        if mqtt:
+            lines.append(f"mqtt {{ listen: 127.0.0.1:{PORT} }}")
         conf.write_text("\n".join(lines) + "\n")
         p = self.spawn([os.environ["NATS_SERVER_BIN"], "-c", str(conf)], "nats.log")
         deadline = time.time() + 20
