@@ -62,6 +62,8 @@ pub enum KvError {
     },
     #[error("malformed entry: {0}")]
     Malformed(#[from] serde_json::Error),
+    #[error("{namespace}/{name}: the pre-shared key was not sealed")]
+    MissingPsk { namespace: String, name: String },
     #[error("cannot hash the password: {0}")]
     Hash(String),
 }
@@ -74,6 +76,9 @@ pub struct StoredCredential {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
     pub spec: DeviceCredentialSpec,
+    /// The credential's pre-shared key, sealed (see [`crate::seal`]); set iff `spec.psk` is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub psk_sealed: Option<String>,
 }
 
 /// An ACL as stored.
@@ -103,10 +108,12 @@ const CREDENTIAL: &str = "DeviceCredential";
 const ACL: &str = "TopicAcl";
 
 /// Encodes a credential for the KV. `password_hash` is the hash of the Secret the
-/// credential refers to (required then, ignored otherwise).
+/// credential refers to (required then, ignored otherwise); `psk_sealed` its pre-shared key
+/// sealed with the cluster's secret (required when it has one, ignored otherwise).
 pub fn encode_credential(
     credential: &DeviceCredential,
     password_hash: Option<&str>,
+    psk_sealed: Option<&str>,
 ) -> Result<Vec<u8>, KvError> {
     let namespace = credential
         .metadata
@@ -128,11 +135,17 @@ pub fn encode_credential(
         });
         spec.validate()?;
     }
+    let psk_sealed = match (&spec.psk, psk_sealed) {
+        (None, _) => None,
+        (Some(_), Some(s)) => Some(s.to_owned()),
+        (Some(_), None) => return Err(KvError::MissingPsk { namespace, name }),
+    };
     let body = StoredCredential {
         namespace,
         name,
         labels: credential.metadata.labels.clone().unwrap_or_default(),
         spec,
+        psk_sealed,
     };
     encode(CREDENTIAL, body)
 }
@@ -150,6 +163,13 @@ pub fn decode_credential(bytes: &[u8]) -> Result<StoredCredential, KvError> {
         return Err(
             FieldError::new("spec.password", "a stored credential must carry a hash").into(),
         );
+    }
+    if stored.spec.psk.is_some() != stored.psk_sealed.is_some() {
+        return Err(FieldError::new(
+            "pskSealed",
+            "a stored credential carries a sealed key iff it has spec.psk",
+        )
+        .into());
     }
     Ok(stored)
 }
@@ -256,11 +276,11 @@ mod tests {
             "apiVersion: cmq.io/v1alpha1\nkind: DeviceCredential\nmetadata: {name: d1, namespace: iot, labels: {fleet: a}}\nspec:\n  clusterRef: demo\n  username: d1\n  password: {secretRef: {name: s}}\n",
         );
         assert!(matches!(
-            encode_credential(&c, None),
+            encode_credential(&c, None, None),
             Err(KvError::MissingHash { .. })
         ));
         let hash = hash_password(b"pw").unwrap();
-        let bytes = encode_credential(&c, Some(&hash)).unwrap();
+        let bytes = encode_credential(&c, Some(&hash), None).unwrap();
         let text = String::from_utf8(bytes.clone()).unwrap();
         assert!(
             text.contains("\"v\":1") && !text.contains("secretRef"),
@@ -289,5 +309,34 @@ mod tests {
         ));
         let plain = br#"{"v":1,"kind":"DeviceCredential","namespace":"a","name":"b","spec":{"clusterRef":"c","password":{"hash":"secret"}}}"#;
         assert!(matches!(decode_credential(plain), Err(KvError::Invalid(_))));
+    }
+
+    #[test]
+    fn a_psk_is_stored_sealed_and_never_in_plain() {
+        let c = credential(
+            "apiVersion: cmq.io/v1alpha1\nkind: DeviceCredential\nmetadata: {name: d1, namespace: iot}\nspec:\n  clusterRef: demo\n  psk: {identity: dev1, secretRef: {name: s}}\n",
+        );
+        assert!(matches!(
+            encode_credential(&c, None, None),
+            Err(KvError::MissingPsk { .. })
+        ));
+        let sealed = crate::seal::seal(b"cluster", "iot/d1", "dev1", b"the-key").unwrap();
+        let bytes = encode_credential(&c, None, Some(&sealed)).unwrap();
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(!text.contains("the-key"), "{text}");
+        let back = decode_credential(&bytes).unwrap();
+        let opened = crate::seal::open(
+            b"cluster",
+            "iot/d1",
+            "dev1",
+            back.psk_sealed.as_deref().unwrap(),
+        )
+        .unwrap();
+        assert_eq!(opened, b"the-key");
+        let unsealed = br#"{"v":1,"kind":"DeviceCredential","namespace":"a","name":"b","spec":{"clusterRef":"c","psk":{"identity":"x","secretRef":{"name":"s"}}}}"#;
+        assert!(matches!(
+            decode_credential(unsealed),
+            Err(KvError::Invalid(_))
+        ));
     }
 }

@@ -10,6 +10,7 @@ pub const GROUP: &str = "cmq.io";
 
 pub mod argon;
 pub mod kv;
+pub mod seal;
 pub mod template;
 
 /// Why a resource is invalid: the field (a path such as `spec.password.hash`) and what is

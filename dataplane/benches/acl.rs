@@ -109,6 +109,7 @@ fn credentials() -> Vec<Credential> {
                         }),
                         ..DeviceCredentialSpec::default()
                     },
+                    psk_sealed: None,
                 },
                 None,
             )

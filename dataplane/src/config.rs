@@ -24,7 +24,12 @@ pub struct HubArgs {
     /// CoAP over UDP listen address ("off" disables it).
     #[arg(long, env = "CMQ_COAP_LISTEN", default_value = "0.0.0.0:5683")]
     pub coap_listen: String,
-    /// Key that signs CoAP connection tokens; the same on every hub of a cluster, so any
+    /// CoAP over DTLS listen address, e.g. 0.0.0.0:5684 ("off", the default, disables it):
+    /// pre-shared keys of DeviceCredentials, and client certificates when --tls-cert has an
+    /// ECDSA P-256 or Ed25519 key.
+    #[arg(long, env = "CMQ_COAPS_LISTEN", default_value = "off")]
+    pub coaps_listen: String,
+    /// Key that signs CoAP connection tokens (and seals pre-shared keys in cluster mode); the same on every hub of a cluster, so any
     /// hub accepts a token another issued (default: random, this hub only).
     #[arg(long, env = "CMQ_COAP_TOKEN_SECRET", hide_env_values = true)]
     pub coap_token_secret: Option<String>,
@@ -203,6 +208,8 @@ pub struct Listeners {
     pub admin: Option<SocketAddr>,
     /// CoAP over UDP.
     pub coap: Option<SocketAddr>,
+    /// CoAP over DTLS.
+    pub coaps: Option<SocketAddr>,
 }
 
 /// Invalid settings, reported at start.
@@ -249,6 +256,7 @@ impl HubArgs {
             wss: parse_listen("--wss-listen", &self.tls.wss_listen)?,
             admin: parse_listen("--admin-listen", &self.admin_listen)?,
             coap: parse_listen("--coap-listen", &self.coap_listen)?,
+            coaps: parse_listen("--coaps-listen", &self.coaps_listen)?,
         };
         if let Some(l) = spec.map(|s| &s.listeners) {
             apply_listener(
@@ -280,6 +288,12 @@ impl HubArgs {
                 l.coap.as_ref(),
                 &self.coap_listen,
                 "0.0.0.0:5683",
+            );
+            apply_listener(
+                &mut listeners.coaps,
+                l.coaps.as_ref(),
+                &self.coaps_listen,
+                "off",
             );
         }
         if self.tls.tls_cert.is_none() || self.tls.tls_key.is_none() {

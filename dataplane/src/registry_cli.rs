@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use cmq_crds::kv;
+use cmq_crds::{kv, seal};
 
 use crate::manifests::{self, ManifestError};
 use crate::state::nats::registry::open_buckets;
@@ -29,6 +29,10 @@ enum RegistryCommand {
         /// A YAML file or a folder of them.
         #[arg(short = 'f', long)]
         file: PathBuf,
+        /// The cluster's secret (the hubs' `--coap-token-secret`): DeviceCredentials'
+        /// pre-shared keys are sealed with it, so only hubs can read them.
+        #[arg(long, env = "CMQ_COAP_TOKEN_SECRET", hide_env_values = true)]
+        cluster_secret: Option<String>,
     },
     /// Removes one resource.
     Delete {
@@ -93,7 +97,11 @@ impl Target {
 /// Runs `cmq registry ...`.
 pub async fn run(args: RegistryArgs) -> anyhow::Result<()> {
     match args.command {
-        RegistryCommand::Apply { target, file } => apply(&target, &file).await,
+        RegistryCommand::Apply {
+            target,
+            file,
+            cluster_secret,
+        } => apply(&target, &file, cluster_secret.as_deref().unwrap_or("")).await,
         RegistryCommand::Delete {
             target,
             kind,
@@ -116,7 +124,11 @@ pub async fn run(args: RegistryArgs) -> anyhow::Result<()> {
     }
 }
 
-async fn apply(target: &Target, file: &std::path::Path) -> anyhow::Result<()> {
+async fn apply(
+    target: &Target,
+    file: &std::path::Path,
+    cluster_secret: &str,
+) -> anyhow::Result<()> {
     let m = manifests::load(file)?;
     // Everything is validated (and hashed) before anything is written.
     manifests::access_inputs(&m)?;
@@ -129,22 +141,40 @@ async fn apply(target: &Target, file: &std::path::Path) -> anyhow::Result<()> {
             .clone()
             .unwrap_or_else(|| "default".into());
         let name = c.metadata.name.clone().unwrap_or_default();
+        let field_err = |source| ManifestError::Field {
+            path: l.path.clone(),
+            kind: "DeviceCredential",
+            name: name.clone(),
+            source,
+        };
         let hash = match c.spec.password.as_ref().and_then(|p| p.secret_ref.as_ref()) {
             Some(r) => {
                 let plain =
-                    manifests::secret_value(&m, &ns, &r.name, &r.key).map_err(|source| {
-                        ManifestError::Field {
-                            path: l.path.clone(),
-                            kind: "DeviceCredential",
-                            name: name.clone(),
-                            source,
-                        }
-                    })?;
+                    manifests::secret_value(&m, &ns, &r.name, &r.key, "spec.password.secretRef")
+                        .map_err(field_err)?;
                 Some(kv::hash_password(&plain)?)
             }
             None => None,
         };
-        let bytes = kv::encode_credential(c, hash.as_deref())?;
+        let sealed = match &c.spec.psk {
+            Some(p) => {
+                let key = manifests::secret_value(
+                    &m,
+                    &ns,
+                    &p.secret_ref.name,
+                    &p.secret_ref.key,
+                    manifests::PSK_FIELD,
+                )
+                .map_err(field_err)?;
+                let entry = kv::entry_key(&ns, &name);
+                Some(
+                    seal::seal(cluster_secret.as_bytes(), &entry, &p.identity, &key)
+                        .with_context(|| format!("DeviceCredential {entry}: spec.psk"))?,
+                )
+            }
+            None => None,
+        };
+        let bytes = kv::encode_credential(c, hash.as_deref(), sealed.as_deref())?;
         entries.push((Kind::DeviceCredential, kv::entry_key(&ns, &name), bytes));
     }
     for l in &m.acls {

@@ -109,7 +109,8 @@ async fn run(
         None => manifests::Manifests::default(),
     };
     let (listeners, limits) = args.resolve(manifests.cluster.as_ref())?;
-    let tls = match args.tls.files()? {
+    let tls_files = args.tls.files()?;
+    let tls = match tls_files.clone() {
         Some(files) => Some(TlsSource::load(files).context("cannot set up TLS")?),
         None => None,
     };
@@ -177,9 +178,17 @@ async fn run(
                     b.update_access(inputs);
                 }
             });
-            nats.watch_registry(auth, apply, metrics.access.clone(), background.clone())
-                .await
-                .context("cannot read the registry from NATS KV")?;
+            let cluster_secret: Arc<[u8]> =
+                Arc::from(args.coap_token_secret.as_deref().unwrap_or("").as_bytes());
+            nats.watch_registry(
+                auth,
+                cluster_secret,
+                apply,
+                metrics.access.clone(),
+                background.clone(),
+            )
+            .await
+            .context("cannot read the registry from NATS KV")?;
             // `sync` ForwardRules: which publishes wait for the dispatchers.
             let config = nats.config();
             let store =
@@ -253,6 +262,33 @@ async fn run(
         ),
         None => None,
     };
+    let coaps = match listeners.coaps {
+        Some(addr) => {
+            let cert = match &tls_files {
+                Some(files) => match crate::coap::dtls::CertSettings::load(files) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        warn!(error = %e, "CoAP over DTLS serves pre-shared keys only");
+                        None
+                    }
+                },
+                None => None,
+            };
+            Some(
+                crate::coap::start_dtls(
+                    addr,
+                    broker.clone(),
+                    metrics.coap.clone(),
+                    args.coap_token_secret.as_deref().unwrap_or("").as_bytes(),
+                    cert,
+                    shutdown.clone(),
+                )
+                .await
+                .with_context(|| format!("cannot listen on {addr} (CoAP, DTLS)"))?,
+            )
+        }
+        None => None,
+    };
     let admin_shutdown = CancellationToken::new();
     let admin_task = match listeners.admin {
         Some(addr) => {
@@ -288,7 +324,7 @@ async fn run(
     for s in servers {
         let _ = s.await;
     }
-    if let Some(c) = coap {
+    for c in [coap, coaps].into_iter().flatten() {
         let _ = c.await;
     }
     tasks.close();

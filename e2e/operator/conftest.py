@@ -10,6 +10,7 @@ client-side ``kubectl apply``), ``nats`` (one nats-server with JetStream), ``ope
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -141,6 +142,22 @@ def credential(name: str, cluster: str, username: str, secret: str | None = None
 
 def secret(name: str, password: str) -> dict:
     return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": {"password": password}}
+
+
+def kv_entry(nats, bucket: str, key: str) -> tuple[int, bytes] | None:
+    """The current value of ``key`` in the NATS KV bucket ``bucket`` as (revision, bytes), read
+    with ``$JS.API.STREAM.MSG.GET`` on the bucket's stream; None when there is none (never
+    written, deleted, purged, or no such bucket)."""
+    request = json.dumps({"last_by_subj": f"$KV.{bucket}.{key}"}).encode()
+    reply = json.loads(nats.request(f"$JS.API.STREAM.MSG.GET.KV_{bucket}", request))
+    if "error" in reply:
+        # 10037: no message on the subject, 10059: no such stream (bucket)
+        assert reply["error"].get("code") == 404, reply
+        return None
+    msg = reply["message"]
+    if b"KV-Operation" in base64.b64decode(msg.get("hdrs") or ""):
+        return None  # a delete or purge marker
+    return msg["seq"], base64.b64decode(msg.get("data") or "")
 
 
 def topic_acl(name: str, cluster: str, rules: list, **applies) -> dict:

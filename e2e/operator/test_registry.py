@@ -26,7 +26,7 @@ def test_cel_rules_reject_invalid_resources(kube, ns):
     assert r.returncode != 0 and "plaintext passwords are not accepted" in r.stderr, r.stderr
     nothing = credential("bad2", "demo", "u")
     r = apply(kube, ns, nothing, check=False)
-    assert r.returncode != 0 and "a password, an x509 identity, or both" in r.stderr, r.stderr
+    assert r.returncode != 0 and "a password, an x509 identity or a pre-shared key" in r.stderr, r.stderr
     acl = topic_acl("bad3", "demo", [{"action": "subscribe", "topics": ["a/#"], "retain": True,
                                        "permission": "allow"}])
     r = apply(kube, ns, acl, check=False)

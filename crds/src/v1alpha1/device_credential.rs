@@ -13,9 +13,10 @@ use crate::FieldError;
 ///
 /// A credential matches a CONNECT when every identity field it sets matches (client id,
 /// username, certificate); it then authenticates the connection when its password (if any)
-/// verifies. A credential must set a password, an x509 identity, or both.
+/// verifies. A credential must set a password, an x509 identity or a pre-shared key (any
+/// combination).
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
-#[x_kube(validation = Rule::new("has(self.password) || has(self.x509)").message("a credential needs a password, an x509 identity, or both"))]
+#[x_kube(validation = Rule::new("has(self.password) || has(self.x509) || has(self.psk)").message("a credential needs a password, an x509 identity or a pre-shared key"))]
 #[kube(
     group = "cmq.io",
     version = "v1alpha1",
@@ -50,6 +51,11 @@ pub struct DeviceCredentialSpec {
     /// one. Every field set must match.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub x509: Option<X509Identity>,
+    /// A pre-shared key for CoAP over DTLS (port 5684): the PSK identity the device sends in
+    /// the handshake and the key, in a Secret. The operator encrypts the key with the
+    /// cluster's secret before it leaves the API server; only hubs can read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub psk: Option<PskSource>,
     /// Key/value attributes of the device, usable in ACL topic templates as
     /// `${attr.NAME}`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -106,6 +112,36 @@ pub struct SecretKeyRef {
 fn default_password_key() -> String {
     "password".into()
 }
+
+/// A DTLS pre-shared key: the identity it goes by and where the key is.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PskSource {
+    /// The PSK identity the device presents (RFC 4279), e.g. `coap-client -u`.
+    #[schemars(length(min = 1, max = 128))]
+    pub identity: String,
+    /// The Secret key holding the key's bytes (as stored, not hex-decoded; 1-64 bytes).
+    pub secret_ref: PskKeyRef,
+}
+
+/// A key of a Secret holding a pre-shared key.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PskKeyRef {
+    /// Name of the Secret (same namespace).
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key in the Secret's data.
+    #[serde(default = "default_psk_key")]
+    pub key: String,
+}
+
+fn default_psk_key() -> String {
+    "psk".into()
+}
+
+/// The longest pre-shared key accepted (bytes): what DTLS implementations allow.
+pub const MAX_PSK_LEN: usize = 64;
 
 /// Identity of a client certificate (the leaf the device presents).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
@@ -230,10 +266,18 @@ impl DeviceCredentialSpec {
                 ));
             }
         }
-        if self.password.is_none() && self.x509.is_none() {
+        if let Some(p) = &self.psk
+            && (p.identity.is_empty() || p.identity.len() > 128)
+        {
+            return Err(FieldError::new(
+                "spec.psk.identity",
+                "must be 1 to 128 bytes long",
+            ));
+        }
+        if self.password.is_none() && self.x509.is_none() && self.psk.is_none() {
             return Err(FieldError::new(
                 "spec",
-                "a credential needs a password, an x509 identity, or both",
+                "a credential needs a password, an x509 identity or a pre-shared key",
             ));
         }
         Ok(())

@@ -117,6 +117,11 @@ pub struct ListenersSpec {
     /// CoAP over UDP (default port 5683): `/ps/{topic}` publish, observe and retained read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coap: Option<ListenerSpec>,
+    /// CoAP over DTLS (conventionally port 5684); runs only when set. Devices prove who
+    /// they are with a DeviceCredential's pre-shared key (`spec.psk`) or, when `tls` holds
+    /// an ECDSA P-256 or Ed25519 key, with a client certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coaps: Option<ListenerSpec>,
     /// The certificate of the TLS listeners and how they treat client certificates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,

@@ -35,6 +35,7 @@ fn credential(labels: &[(&str, &str)], attributes: &[(&str, &str)]) -> Credentia
         name: "dev".into(),
         labels: map(labels),
         spec,
+        psk_sealed: None,
     };
     stored.spec.attributes = map(attributes);
     Credential::new(stored, None)

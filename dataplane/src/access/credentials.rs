@@ -33,6 +33,10 @@ pub struct Credential {
     cert_cn: Option<String>,
     cert_san: Option<String>,
     cert_sha256: Option<String>,
+    /// The DTLS pre-shared key identity, and the key when this hub could read it (cluster
+    /// mode: opened with the cluster's secret).
+    pub psk_identity: Option<String>,
+    pub psk_key: Option<Arc<[u8]>>,
 }
 
 /// What a CONNECT presents to identify itself.
@@ -45,7 +49,7 @@ pub struct Presented<'a> {
 
 impl Credential {
     /// Compiles a validated credential; `plain` is the password of a Secret reference that
-    /// standalone mode resolved from its folder.
+    /// standalone mode resolved from its folder (the PSK, if any, is set by the caller).
     pub fn new(stored: StoredCredential, plain: Option<Vec<u8>>) -> Self {
         let spec = stored.spec;
         let verifier = match (plain, spec.password.and_then(|p| p.hash)) {
@@ -71,7 +75,16 @@ impl Credential {
                 .sha256_fingerprint
                 .as_deref()
                 .and_then(normalize_fingerprint),
+            psk_identity: spec.psk.map(|p| p.identity),
+            psk_key: None,
         }
+    }
+
+    /// Whether the credential can vouch for a client that did not prove a PSK: it has a
+    /// password or a certificate identity. A PSK-only credential must not, or it would let
+    /// in any MQTT client without a secret.
+    fn proves_without_psk(&self) -> bool {
+        self.verifier.is_some() || self.needs_cert()
     }
 
     fn needs_cert(&self) -> bool {
@@ -122,6 +135,7 @@ pub struct CredentialIndex {
     by_san: HashMap<String, Vec<usize>>,
     /// Credentials identified by a client id pattern only.
     patterns: Vec<usize>,
+    by_psk_identity: HashMap<String, usize>,
 }
 
 impl CredentialIndex {
@@ -131,6 +145,10 @@ impl CredentialIndex {
         let mut index = Self::default();
         for (i, c) in credentials.into_iter().enumerate() {
             index.by_key.insert(c.key.clone(), i);
+            if let Some(id) = &c.psk_identity {
+                // Two credentials with one identity: the first in key order wins.
+                index.by_psk_identity.entry(id.clone()).or_insert(i);
+            }
             let push = |map: &mut HashMap<String, Vec<usize>>, k: &str| {
                 map.entry(k.to_owned()).or_default().push(i)
             };
@@ -165,7 +183,13 @@ impl CredentialIndex {
         self.by_key.get(key).map(|i| &self.all[*i])
     }
 
-    /// Credentials whose identity matches, in key order.
+    /// The credential with DTLS PSK identity `identity`.
+    pub fn by_psk_identity(&self, identity: &str) -> Option<&Arc<Credential>> {
+        self.by_psk_identity.get(identity).map(|i| &self.all[*i])
+    }
+
+    /// Credentials whose identity matches, in key order (those that can vouch for a
+    /// client by password or certificate).
     pub fn matching(&self, p: &Presented<'_>) -> Vec<Arc<Credential>> {
         let mut hits: Vec<usize> = Vec::new();
         let mut add = |ids: Option<&Vec<usize>>| hits.extend(ids.into_iter().flatten());
@@ -187,7 +211,7 @@ impl CredentialIndex {
         hits.dedup();
         hits.into_iter()
             .map(|i| &self.all[i])
-            .filter(|c| c.identity_matches(p))
+            .filter(|c| c.proves_without_psk() && c.identity_matches(p))
             .cloned()
             .collect()
     }

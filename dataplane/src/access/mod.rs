@@ -306,6 +306,54 @@ impl Access {
         Ok(principal)
     }
 
+    /// The key of DTLS PSK identity `identity`, when an enabled credential has it and this
+    /// hub can read it (the handshake's lookup).
+    pub fn psk_key(&self, identity: &[u8]) -> Option<Arc<[u8]>> {
+        let identity = std::str::from_utf8(identity).ok()?;
+        self.snapshot()
+            .credentials
+            .by_psk_identity(identity)
+            .filter(|c| !c.disabled)
+            .and_then(|c| c.psk_key.clone())
+    }
+
+    /// The principal of a DTLS client that proved PSK `identity` in its handshake. The
+    /// client id defaults to the identity and the username to the credential's; what the
+    /// client presents must match the credential like a CONNECT's.
+    pub fn authenticate_psk(
+        &self,
+        identity: &str,
+        client_id: Option<Arc<str>>,
+        username: Option<&str>,
+    ) -> Result<Principal, AuthError> {
+        let snapshot = self.snapshot();
+        let result = snapshot
+            .credentials
+            .by_psk_identity(identity)
+            .filter(|c| !c.disabled)
+            .ok_or(AuthError::NotAuthorized)
+            .and_then(|cred| {
+                let principal = Principal {
+                    client_id: client_id.unwrap_or_else(|| Arc::from(identity)),
+                    presented_username: username
+                        .map(str::to_owned)
+                        .or_else(|| cred.username.clone()),
+                    cert: None,
+                    credential: Some(cred.clone()),
+                };
+                if cred.identity_matches(&principal.presented()) {
+                    Ok(principal)
+                } else {
+                    Err(AuthError::NotAuthorized)
+                }
+            });
+        self.metrics.auth(match &result {
+            Ok(_) => "success",
+            Err(_) => "not_authorized",
+        });
+        result
+    }
+
     /// The ACL of a connection under the snapshot in force; `Err` when its credential was
     /// deleted, disabled or no longer matches (or anonymous connections are refused now).
     pub fn grant(&self, principal: &mut Principal) -> Result<Grant, AuthError> {

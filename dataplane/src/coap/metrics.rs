@@ -16,6 +16,8 @@ pub struct CoapMetrics {
     pub notifications: Counter,
     pub malformed: Counter,
     pub blocks: Counter,
+    dtls_handshakes: Family<Labels, Counter>,
+    pub dtls_sessions: Gauge,
 }
 
 impl CoapMetrics {
@@ -56,7 +58,23 @@ impl CoapMetrics {
             "CoAP blocks of block-wise transfers (RFC 7959) taken or served",
             m.blocks.clone(),
         );
+        registry.register(
+            "coap_dtls_handshakes",
+            "DTLS handshakes on the CoAP listener, by result (ok, failed, timeout, busy)",
+            m.dtls_handshakes.clone(),
+        );
+        registry.register(
+            "coap_dtls_sessions",
+            "DTLS sessions open on the CoAP listener",
+            m.dtls_sessions.clone(),
+        );
         m
+    }
+
+    pub fn dtls_handshake(&self, result: &'static str) {
+        self.dtls_handshakes
+            .get_or_create(&vec![("result", result.to_owned())])
+            .inc();
     }
 
     pub fn request(&self, method: &'static str, code: &str) {

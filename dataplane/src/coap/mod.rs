@@ -8,8 +8,10 @@
 //! - `request.rs`: reading a request (path, query, options) and building responses.
 //! - `pubsub.rs`: the resources.
 //! - `observer.rs`: observations; one broker session per observing client.
+//! - `dtls.rs`: the DTLS transport (port 5684): sessions, PSK and certificate identities.
 
 mod block;
+pub mod dtls;
 mod metrics;
 mod observer;
 mod pubsub;
@@ -53,10 +55,17 @@ struct Exchange {
     response: Cached,
 }
 
-/// The gateway on one UDP socket.
+/// How the gateway's datagrams travel.
+enum Transport {
+    Udp(Arc<UdpSocket>),
+    /// DTLS sessions, one per peer (their identities authenticate requests).
+    Dtls(Arc<dtls::Sessions>),
+}
+
+/// The gateway on one UDP socket, plain or DTLS.
 pub struct Gateway {
     pub(crate) broker: Arc<Broker>,
-    socket: Arc<UdpSocket>,
+    transport: Transport,
     exchanges: Mutex<HashMap<(SocketAddr, u16), Exchange>>,
     /// Our confirmable messages awaiting ACK (true) or RST (false).
     awaiting: Mutex<HashMap<(SocketAddr, u16), oneshot::Sender<bool>>>,
@@ -77,9 +86,23 @@ impl Gateway {
     ) -> std::io::Result<Arc<Self>> {
         let socket = UdpSocket::bind(addr).await?;
         info!(%addr, "CoAP gateway on UDP");
-        Ok(Arc::new(Self {
+        Ok(Self::new(
+            Transport::Udp(Arc::new(socket)),
             broker,
-            socket: Arc::new(socket),
+            metrics,
+            token_secret,
+        ))
+    }
+
+    fn new(
+        transport: Transport,
+        broker: Arc<Broker>,
+        metrics: CoapMetrics,
+        token_secret: &[u8],
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            broker,
+            transport,
             exchanges: Mutex::new(HashMap::new()),
             awaiting: Mutex::new(HashMap::new()),
             // A random start, so a restarted hub does not reuse recent ids.
@@ -88,18 +111,22 @@ impl Gateway {
             uploads: block::Uploads::default(),
             tokens: token::Signer::new(token_secret),
             metrics,
-        }))
+        })
     }
 
-    /// Serves until `stop`; observations end with it.
+    /// Serves a UDP socket until `stop`; observations end with it.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let Transport::Udp(socket) = &self.transport else {
+            return;
+        };
+        let socket = socket.clone();
         let mut buf = vec![0u8; MAX_DATAGRAM];
         let mut sweep = tokio::time::interval(Duration::from_secs(10));
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = sweep.tick() => self.sweep(),
-                r = self.socket.recv_from(&mut buf) => match r {
+                r = socket.recv_from(&mut buf) => match r {
                     Ok((n, peer)) => self.datagram(&buf[..n], peer),
                     Err(e) => debug!(error = %e, "CoAP receive failed"),
                 },
@@ -122,8 +149,21 @@ impl Gateway {
     }
 
     pub(crate) async fn send(&self, bytes: &[u8], peer: SocketAddr) {
-        if let Err(e) = self.socket.send_to(bytes, peer).await {
-            debug!(%peer, error = %e, "CoAP send failed");
+        match &self.transport {
+            Transport::Udp(socket) => {
+                if let Err(e) = socket.send_to(bytes, peer).await {
+                    debug!(%peer, error = %e, "CoAP send failed");
+                }
+            }
+            Transport::Dtls(sessions) => sessions.send(bytes, peer).await,
+        }
+    }
+
+    /// What the peer proved in its DTLS handshake (`None` on plain UDP).
+    pub(crate) fn dtls_identity(&self, peer: SocketAddr) -> Option<Arc<dtls::PeerIdentity>> {
+        match &self.transport {
+            Transport::Udp(_) => None,
+            Transport::Dtls(sessions) => sessions.identity(peer),
         }
     }
 
@@ -288,6 +328,39 @@ impl Gateway {
             self.send(&bytes, peer).await;
         }
     }
+}
+
+/// Starts the DTLS gateway on `addr` (PSK always; certificates when `cert` is given); it
+/// runs until `stop`.
+pub async fn start_dtls(
+    addr: SocketAddr,
+    broker: Arc<Broker>,
+    metrics: CoapMetrics,
+    token_secret: &[u8],
+    cert: Option<dtls::CertSettings>,
+    stop: CancellationToken,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let sessions = Arc::new(dtls::Sessions::default());
+    let gateway = Gateway::new(
+        Transport::Dtls(sessions.clone()),
+        broker,
+        metrics,
+        token_secret,
+    );
+    let serving = dtls::serve(gateway.clone(), sessions, addr, cert, stop.clone()).await?;
+    let sweeper = gateway.clone();
+    Ok(tokio::spawn(async move {
+        let mut sweep = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = sweep.tick() => sweeper.sweep(),
+            }
+        }
+        let _ = serving.await;
+        sweeper.observers.close_all().await;
+        warn!("CoAP DTLS gateway stopped");
+    }))
 }
 
 /// Starts the gateway on `addr`; it runs until `stop`.

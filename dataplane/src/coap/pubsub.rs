@@ -11,6 +11,7 @@ use tracing::debug;
 
 use super::Gateway;
 use super::block::{self, Block, Step};
+use super::dtls::PeerIdentity;
 use super::request::{self, Request};
 use crate::access::AuthError;
 use crate::broker::{Message, Origin};
@@ -288,6 +289,9 @@ async fn authenticate(
     req: &Request,
     peer: SocketAddr,
 ) -> Result<Client, ResponseType> {
+    if let Some(identity) = gw.dtls_identity(peer) {
+        return authenticate_dtls(gw, req, peer, &identity).await;
+    }
     let client_id: Arc<str> = match req.param("clientid") {
         Some(c) if !c.is_empty() => Arc::from(c),
         _ => Arc::from(format!("coap-{}-{}", peer.ip(), peer.port())),
@@ -338,6 +342,65 @@ async fn authenticate(
     Ok(Client {
         client_id,
         username: username.map(Arc::from),
+        credential: principal
+            .credential
+            .as_ref()
+            .map(|c| c.key.to_string())
+            .unwrap_or_default(),
+        grant,
+    })
+}
+
+/// The client of a request over DTLS: who the handshake proved. A PSK identity is the
+/// client id unless `clientid` names another the credential admits; a certificate is
+/// checked like an MQTT TLS client's (its CN is the default client id). Passwords and
+/// tokens are not needed (and not looked at).
+async fn authenticate_dtls(
+    gw: &Gateway,
+    req: &Request,
+    peer: SocketAddr,
+    identity: &PeerIdentity,
+) -> Result<Client, ResponseType> {
+    let access = &gw.broker.access;
+    let asked_id = req
+        .param("clientid")
+        .filter(|c| !c.is_empty())
+        .map(Arc::from);
+    let username = req.param("username").filter(|u| !u.is_empty());
+    let result = match identity {
+        PeerIdentity::Psk(id) => access.authenticate_psk(id, asked_id, username),
+        PeerIdentity::Cert(cert) => {
+            let client_id = asked_id
+                .or_else(|| cert.common_name.as_deref().map(Arc::from))
+                .unwrap_or_else(|| Arc::from(format!("coap-{}-{}", peer.ip(), peer.port())));
+            let password = req.param("password").map(str::as_bytes);
+            access
+                .authenticate(peer.ip(), client_id, username, password, Some(cert.clone()))
+                .await
+        }
+        PeerIdentity::Anonymous => {
+            let client_id = asked_id
+                .unwrap_or_else(|| Arc::from(format!("coap-{}-{}", peer.ip(), peer.port())));
+            let password = req.param("password").map(str::as_bytes);
+            access
+                .authenticate(peer.ip(), client_id, username, password, None)
+                .await
+        }
+    };
+    let mut principal = match result {
+        Ok(p) => p,
+        Err(AuthError::RateLimited) => return Err(ResponseType::TooManyRequests),
+        Err(e) => {
+            debug!(%peer, reason = ?e, "CoAP DTLS client refused");
+            return Err(ResponseType::Unauthorized);
+        }
+    };
+    let grant = access
+        .grant(&mut principal)
+        .map_err(|_| ResponseType::Unauthorized)?;
+    Ok(Client {
+        client_id: principal.client_id.clone(),
+        username: principal.username().map(Arc::from),
         credential: principal
             .credential
             .as_ref()

@@ -1,6 +1,8 @@
 //! The registry's inputs from a manifests folder: credentials (their Secret references
 //! resolved from the Secrets in the same folder), ACLs and the cluster's auth settings.
 
+use std::sync::Arc;
+
 use cmq_crds::FieldError;
 use cmq_crds::kv::{StoredAcl, StoredCredential};
 use tracing::debug;
@@ -70,7 +72,19 @@ pub fn access_inputs(m: &Manifests) -> Result<Inputs, ManifestError> {
             .as_ref()
             .and_then(|p| p.secret_ref.as_ref())
         {
-            Some(r) => Some(secret_value(m, &ns, &r.name, &r.key).map_err(field_err)?),
+            Some(r) => Some(
+                secret_value(m, &ns, &r.name, &r.key, "spec.password.secretRef")
+                    .map_err(field_err)?,
+            ),
+            None => None,
+        };
+        let psk = match &resource.spec.psk {
+            Some(p) => {
+                let key = secret_value(m, &ns, &p.secret_ref.name, &p.secret_ref.key, PSK_FIELD)
+                    .map_err(field_err)?;
+                check_psk_len(&key).map_err(field_err)?;
+                Some(key)
+            }
             None => None,
         };
         let stored = StoredCredential {
@@ -78,8 +92,11 @@ pub fn access_inputs(m: &Manifests) -> Result<Inputs, ManifestError> {
             name: name(&resource.metadata),
             labels: resource.metadata.labels.clone().unwrap_or_default(),
             spec: resource.spec.clone(),
+            psk_sealed: None,
         };
-        inputs.credentials.push(Credential::new(stored, plain));
+        let mut credential = Credential::new(stored, plain);
+        credential.psk_key = psk.map(Arc::from);
+        inputs.credentials.push(credential);
     }
     for Located { path, resource } in &m.acls {
         let field_err = |source| field_error(path, "TopicAcl", &resource.metadata, source);
@@ -98,9 +115,29 @@ pub fn access_inputs(m: &Manifests) -> Result<Inputs, ManifestError> {
     Ok(inputs)
 }
 
-/// The value of `key` in the Secret `ns/name` of the folder (`stringData` or `data`).
-pub fn secret_value(m: &Manifests, ns: &str, name: &str, key: &str) -> Result<Vec<u8>, FieldError> {
-    let field = "spec.password.secretRef";
+/// The field of a DeviceCredential naming its pre-shared key's Secret.
+pub const PSK_FIELD: &str = "spec.psk.secretRef";
+
+/// A pre-shared key must be 1 to 64 bytes long (what DTLS stacks accept).
+pub fn check_psk_len(key: &[u8]) -> Result<(), FieldError> {
+    if key.is_empty() || key.len() > cmq_crds::v1alpha1::MAX_PSK_LEN {
+        return Err(FieldError::new(
+            PSK_FIELD,
+            format!("the key must be 1 to 64 bytes long, not {}", key.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// The value of `key` in the Secret `ns/name` of the folder (`stringData` or `data`);
+/// `field` names the reference in errors.
+pub fn secret_value(
+    m: &Manifests,
+    ns: &str,
+    name: &str,
+    key: &str,
+    field: &'static str,
+) -> Result<Vec<u8>, FieldError> {
     let secret = m
         .secrets
         .iter()

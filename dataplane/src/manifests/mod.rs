@@ -12,7 +12,7 @@ use cmq_crds::kv::StoredRule;
 use cmq_crds::v1alpha1::{DeviceCredential, ForwardRule, MqttCluster, TopicAcl};
 use k8s_openapi::api::core::v1::Secret;
 
-pub use access::{access_inputs, name, namespace, secret_value};
+pub use access::{PSK_FIELD, access_inputs, check_psk_len, name, namespace, secret_value};
 use serde::Deserialize;
 use tracing::{debug, warn};
 pub use watch::{load_inputs, watch};

@@ -38,7 +38,8 @@ const ADMIN_PORT: i32 = 9090;
 pub const COAP_SECRET_KEY: &str = "token-secret";
 
 /// The Secret the operator makes once per cluster: the key every hub signs CoAP
-/// connection tokens with, so any hub accepts a token another issued.
+/// connection tokens with, so any hub accepts a token another issued, and that seals
+/// DeviceCredentials' pre-shared keys.
 pub fn coap_secret_name(cluster: &str) -> String {
     format!("{cluster}-cmq-coap")
 }

@@ -3,7 +3,7 @@
 //! change to one triggers a reconcile that applies it again) → status from the hub
 //! Deployment and a NATS check.
 
-mod build;
+pub(crate) mod build;
 
 use std::sync::Arc;
 
@@ -239,7 +239,8 @@ async fn reconcile_inner(c: &MqttCluster, ctx: &Context, ns: &str) -> Result<Act
     Ok(Action::requeue(std::time::Duration::from_secs(15)))
 }
 
-/// Creates the cluster's CoAP token key once (a random 32 bytes); an existing one is kept,
+/// Creates the cluster's secret once (32 random bytes as hex): it signs CoAP tokens and
+/// seals pre-shared keys; an existing one is kept,
 /// so tokens stay valid across reconciles and operator restarts.
 async fn ensure_coap_secret(c: &MqttCluster, client: &kube::Client, ns: &str) -> Result<(), Error> {
     let api = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), ns);
@@ -247,7 +248,12 @@ async fn ensure_coap_secret(c: &MqttCluster, client: &kube::Client, ns: &str) ->
     if api.get_opt(&name).await?.is_some() {
         return Ok(());
     }
-    let key: Vec<u8> = (0..32).map(|_| rand::random::<u8>()).collect();
+    // Text (64 hex digits), not raw bytes: hubs read it from an environment variable,
+    // which must be valid UTF-8 without NULs.
+    let key: Vec<u8> = (0..32)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect::<String>()
+        .into_bytes();
     let secret = k8s_openapi::api::core::v1::Secret {
         metadata: kube::api::ObjectMeta {
             name: Some(name),

@@ -1,8 +1,8 @@
 //! The registry kinds: how each is encoded for the KV (and, for ForwardRule, its `Valid`
 //! condition and the dispatchers' counts).
 
-use cmq_crds::kv;
-use cmq_crds::v1alpha1::{DeviceCredential, ForwardRule, RuleCounters, TopicAcl};
+use cmq_crds::v1alpha1::{DeviceCredential, ForwardRule, PskSource, RuleCounters, TopicAcl};
+use cmq_crds::{kv, seal};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -10,6 +10,7 @@ use kube::ResourceExt;
 use kube::api::Api;
 
 use super::RegistryObject;
+use crate::cluster::build::{COAP_SECRET_KEY, coap_secret_name};
 use crate::context::Context;
 use crate::error::Error;
 
@@ -24,12 +25,21 @@ impl RegistryObject for DeviceCredential {
         kv::credentials_bucket(cluster)
     }
 
-    fn secret_name(&self) -> Option<&str> {
-        self.spec
+    fn secret_names(&self) -> Vec<String> {
+        let password = self
+            .spec
             .password
             .as_ref()
             .and_then(|p| p.secret_ref.as_ref())
-            .map(|r| r.name.as_str())
+            .map(|r| r.name.clone());
+        // A pre-shared key is sealed with the cluster's secret too: a replaced one re-seals.
+        let psk = self.spec.psk.as_ref().into_iter().flat_map(|p| {
+            [
+                p.secret_ref.name.clone(),
+                coap_secret_name(&self.spec.cluster_ref),
+            ]
+        });
+        password.into_iter().chain(psk).collect()
     }
 
     fn conditions(&self) -> &[Condition] {
@@ -49,18 +59,7 @@ impl RegistryObject for DeviceCredential {
             None => None,
             Some(r) => {
                 let ns = self.namespace().unwrap_or_default();
-                let secret = Api::<Secret>::namespaced(ctx.client.clone(), &ns)
-                    .get_opt(&r.name)
-                    .await?
-                    .ok_or_else(|| Error::Secret(format!("Secret {ns}/{} not found", r.name)))?;
-                let plain = secret
-                    .data
-                    .as_ref()
-                    .and_then(|d| d.get(&r.key))
-                    .map(|v| v.0.clone())
-                    .ok_or_else(|| {
-                        Error::Secret(format!("Secret {ns}/{} has no key {:?}", r.name, r.key))
-                    })?;
+                let plain = secret_value(ctx, &ns, &r.name, &r.key).await?;
                 let _permit = ctx
                     .hashing
                     .acquire()
@@ -69,8 +68,58 @@ impl RegistryObject for DeviceCredential {
                 Some(hash_of(plain, current).await?)
             }
         };
-        kv::encode_credential(self, hash.as_deref()).map_err(|e| Error::Invalid(e.to_string()))
+        let sealed = match &self.spec.psk {
+            None => None,
+            Some(p) => Some(sealed_psk(self, ctx, p, current).await?),
+        };
+        kv::encode_credential(self, hash.as_deref(), sealed.as_deref())
+            .map_err(|e| Error::Invalid(e.to_string()))
     }
+}
+
+/// The credential's pre-shared key sealed with its cluster's secret: the current entry's
+/// when it still opens to the same key (an unchanged Secret leaves the entry untouched),
+/// else a new seal.
+async fn sealed_psk(
+    cred: &DeviceCredential,
+    ctx: &Context,
+    psk: &PskSource,
+    current: Option<&[u8]>,
+) -> Result<String, Error> {
+    let ns = cred.namespace().unwrap_or_default();
+    let key = secret_value(ctx, &ns, &psk.secret_ref.name, &psk.secret_ref.key).await?;
+    let cluster_secret = secret_value(
+        ctx,
+        &ns,
+        &coap_secret_name(&cred.spec.cluster_ref),
+        COAP_SECRET_KEY,
+    )
+    .await?;
+    let entry = kv::entry_key(&ns, &cred.name_any());
+    let existing = current
+        .and_then(|c| kv::decode_credential(c).ok())
+        .and_then(|c| c.psk_sealed);
+    if let Some(s) = existing
+        && seal::open(&cluster_secret, &entry, &psk.identity, &s).is_ok_and(|k| k == key)
+    {
+        return Ok(s);
+    }
+    seal::seal(&cluster_secret, &entry, &psk.identity, &key)
+        .map_err(|e| Error::Invalid(format!("spec.psk: {e}")))
+}
+
+/// The bytes of key `key` of Secret `ns/name`.
+async fn secret_value(ctx: &Context, ns: &str, name: &str, key: &str) -> Result<Vec<u8>, Error> {
+    let secret = Api::<Secret>::namespaced(ctx.client.clone(), ns)
+        .get_opt(name)
+        .await?
+        .ok_or_else(|| Error::Secret(format!("Secret {ns}/{name} not found")))?;
+    secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|v| v.0.clone())
+        .ok_or_else(|| Error::Secret(format!("Secret {ns}/{name} has no key {key:?}")))
 }
 
 /// The argon2id hash for `plain`: the one in the current entry when it still verifies

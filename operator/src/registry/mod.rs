@@ -51,9 +51,9 @@ pub trait RegistryObject:
     fn cluster_ref(&self) -> &str;
     /// The bucket of the kind for a cluster name (`cmq_crds::kv::cluster_name`).
     fn bucket(cluster: &str) -> String;
-    /// The Secret the object's value depends on, if any.
-    fn secret_name(&self) -> Option<&str> {
-        None
+    /// The Secrets the object's value depends on.
+    fn secret_names(&self) -> Vec<String> {
+        Vec::new()
     }
     fn conditions(&self) -> &[Condition];
     /// Conditions besides `Synced` (ForwardRule: `Valid`).
@@ -95,7 +95,7 @@ pub async fn run<K: RegistryObject>(ctx: Arc<Context>, shutdown: CancellationTok
                 by_secret
                     .state()
                     .iter()
-                    .filter(|o| o.namespace() == ns && o.secret_name() == Some(name.as_str()))
+                    .filter(|o| o.namespace() == ns && o.secret_names().contains(&name))
                     .map(|o| ObjectRef::from_obj(&**o))
                     .collect::<Vec<_>>()
             },

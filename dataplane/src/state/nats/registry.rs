@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 use cmq_crds::kv::{self as encoding, KvError, StoredAcl, StoredCredential};
+use cmq_crds::seal;
 use cmq_crds::v1alpha1::AuthSpec;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
@@ -72,6 +73,7 @@ impl NatsState {
     pub async fn watch_registry(
         self: &Arc<Self>,
         auth: AuthSpec,
+        cluster_secret: Arc<[u8]>,
         apply: Apply,
         metrics: AccessMetrics,
         shutdown: CancellationToken,
@@ -105,7 +107,7 @@ impl NatsState {
                 credentials: m
                     .credentials
                     .values()
-                    .map(|c| Credential::new(c.clone(), None))
+                    .map(|c| compile(c, &cluster_secret))
                     .collect(),
                 acls: m.acls.values().cloned().collect(),
                 auth: auth.clone(),
@@ -129,6 +131,20 @@ impl NatsState {
         });
         Ok(())
     }
+}
+
+/// A stored credential compiled, its pre-shared key opened with the cluster's secret.
+fn compile(stored: &StoredCredential, cluster_secret: &[u8]) -> Credential {
+    let mut credential = Credential::new(stored.clone(), None);
+    if let (Some(sealed), Some(psk)) = (&stored.psk_sealed, &stored.spec.psk) {
+        let entry = encoding::entry_key(&stored.namespace, &stored.name);
+        match seal::open(cluster_secret, &entry, &psk.identity, sealed) {
+            Ok(key) => credential.psk_key = Some(key.into()),
+            // The device cannot use DTLS PSK on this hub; its other proofs still work.
+            Err(e) => warn!(credential = %entry, error = %e, "cannot open the pre-shared key"),
+        }
+    }
+    credential
 }
 
 /// Keeps one bucket's entries in `maps`; signals `loaded` once after the first full read.
