@@ -428,6 +428,12 @@ fn hub_deployment(
             ..port("coap", coap_port(c))
         });
     }
+    if let Some(p) = coaps_port(c) {
+        ports.push(ContainerPort {
+            protocol: Some("UDP".into()),
+            ..port("coaps", p)
+        });
+    }
     let mut volumes = vec![Volume {
         name: "config".into(),
         config_map: Some(ConfigMapVolumeSource {
@@ -581,6 +587,9 @@ pub fn endpoints(c: &MqttCluster, service: Option<&Service>, ns: &str) -> Vec<St
         if coap_enabled(c) {
             out.push(format!("coap://{h}:{}", coap_port(c)));
         }
+        if let Some(p) = coaps_port(c) {
+            out.push(format!("coaps://{h}:{p}"));
+        }
     }
     out
 }
@@ -588,6 +597,17 @@ pub fn endpoints(c: &MqttCluster, service: Option<&Service>, ns: &str) -> Vec<St
 /// The CoAP listener runs unless the spec turns it off.
 fn coap_enabled(c: &MqttCluster) -> bool {
     c.spec.hub.listeners.coap.as_ref().is_none_or(|l| l.enabled)
+}
+
+/// The port of the hubs' CoAP over DTLS listener, when the spec turns it on.
+fn coaps_port(c: &MqttCluster) -> Option<i32> {
+    c.spec
+        .hub
+        .listeners
+        .coaps
+        .as_ref()
+        .filter(|l| l.enabled)
+        .map(|l| i32::from(l.port))
 }
 
 /// The port the hubs' CoAP listener uses.
@@ -618,6 +638,12 @@ fn hub_service(c: &MqttCluster, mut metadata: ObjectMeta) -> Service {
         ports.push(ServicePort {
             protocol: Some("UDP".into()),
             ..sp("coap", 5683)
+        });
+    }
+    if coaps_port(c).is_some() {
+        ports.push(ServicePort {
+            protocol: Some("UDP".into()),
+            ..sp("coaps", 5684)
         });
     }
     if c.spec
@@ -714,7 +740,7 @@ mod tests {
         let with = BASE.replace(
             r#""streamReplicas":3}"#,
             r#""streamReplicas":3},"hub":{"autoscaling":{"minReplicas":2,"maxReplicas":6,"targetConnectionsPerPod":50000},
-               "listeners":{"tls":{"secretName":"hub-tls","clientAuth":"optional","clientCaSecretName":"ca"}},
+               "listeners":{"tls":{"secretName":"hub-tls","clientAuth":"optional","clientCaSecretName":"ca"},"coaps":{"port":5684}},
                "limits":{"maxConnections":100000}}"#,
         );
         let c = cluster(&with);
@@ -727,7 +753,12 @@ mod tests {
         let hpa = ch.hpa.clone().unwrap().spec.unwrap();
         assert_eq!((hpa.min_replicas, hpa.max_replicas), (Some(2), 6));
         assert_eq!(hpa.metrics.unwrap().len(), 2);
-        assert_eq!(service_ports(&ch), vec![1883, 8083, 5683, 8883, 8084]);
+        assert_eq!(
+            service_ports(&ch),
+            vec![1883, 8083, 5683, 5684, 8883, 8084]
+        );
+        let eps = endpoints(&c, None, "iot");
+        assert!(eps.contains(&"coaps://demo-hub.iot.svc:5684".to_owned()), "{eps:?}");
         let sum = |ch: &Children| {
             ch.hub
                 .spec
