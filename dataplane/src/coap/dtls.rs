@@ -34,6 +34,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// Handshakes in progress at most; further new peers are dropped until some finish.
 const MAX_HANDSHAKES: usize = 256;
+/// Sessions open at most; a new peer beyond is dropped (its handshake never starts).
+const MAX_SESSIONS: usize = 100_000;
 /// DTLS content type of a handshake record.
 const HANDSHAKE: u8 = 22;
 
@@ -319,7 +321,9 @@ pub async fn serve(
                     break;
                 }
             };
-            let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+            let full = sessions.peers.lock().len() >= MAX_SESSIONS;
+            let permit = handshakes.clone().try_acquire_owned();
+            let (Ok(permit), false) = (permit, full) else {
                 gw.metrics.dtls_handshake("busy");
                 let _ = conn.close().await;
                 continue;
