@@ -2,10 +2,14 @@
 //! DeviceCredentials (`spec.psk`) and, when the hub has an ECDSA P-256 or Ed25519
 //! certificate, client certificates matched like the MQTT TLS listener's.
 //!
-//! webrtc-dtls takes either a PSK or a certificate configuration per connection, not both,
-//! so each new peer's first ClientHello is read here and the configuration chosen by the
-//! cipher suites it offers. Handshakes run concurrently (its own listener would run them
-//! one at a time inside `accept`, letting one slow peer stall every other).
+//! The UDP socket is demultiplexed here, by peer address, into one `Conn` per peer that
+//! webrtc-dtls drives. Not with webrtc-util's UDP listener: it never forgets a peer (its
+//! `close` does nothing, so a peer whose session ended can never handshake again from that
+//! address, and datagrams for it pile up unbounded) and its DTLS listener runs handshakes
+//! one at a time inside `accept`. Here a new peer must open with a ClientHello, its
+//! datagrams queue boundedly, handshakes run concurrently, and a closed session frees its
+//! address. webrtc-dtls takes a PSK or a certificate configuration per connection, not both,
+//! so the configuration is chosen by the cipher suites the first ClientHello offers.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -14,15 +18,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use tokio::sync::Semaphore;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::net::UdpSocket;
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span};
 use webrtc_dtls::cipher_suite::CipherSuiteId;
 use webrtc_dtls::config::{ClientAuthType, Config, ExtendedMasterSecretType};
 use webrtc_dtls::conn::DTLSConn;
 use webrtc_dtls::crypto::{Certificate, CryptoPrivateKey};
-use webrtc_util::conn::conn_udp_listener::ListenConfig;
-use webrtc_util::conn::{Conn, Listener};
+use webrtc_util::conn::Conn;
 
 use super::Gateway;
 use crate::access::PeerCert;
@@ -195,51 +201,86 @@ fn wants_psk(suites: &[u16], have_cert: bool) -> bool {
             .any(|s| CERT_SUITES.iter().any(|c| *c as u16 == *s)))
 }
 
-/// A connection whose first datagram was read already (to choose the configuration) and
-/// is handed to the DTLS stack first.
-struct Peeked {
-    inner: Arc<dyn Conn + Send + Sync>,
-    first: Mutex<Option<Vec<u8>>>,
+/// Whether `record` opens a new handshake: a ClientHello in epoch 0.
+fn is_new_hello(record: &[u8]) -> bool {
+    record.get(3..5) == Some(&[0, 0]) && offered_suites(record).is_some()
+}
+
+/// Datagrams queued per peer before the DTLS stack reads them; beyond, they are dropped
+/// (UDP: the peer retransmits).
+const PEER_QUEUE: usize = 32;
+
+/// The listener's socket and where each peer's datagrams go.
+struct Demux {
+    socket: Arc<UdpSocket>,
+    routes: Mutex<HashMap<SocketAddr, Route>>,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Clone)]
+struct Route {
+    id: u64,
+    tx: mpsc::Sender<Vec<u8>>,
+    /// Set once the handshake is done (then a new ClientHello means the peer restarted).
+    established: Arc<AtomicBool>,
+    /// Signalled when the peer starts a new handshake.
+    restart: Arc<Notify>,
+}
+
+impl Demux {
+    /// Forgets the peer's route if it is still `id`'s.
+    fn remove(&self, peer: SocketAddr, id: u64) {
+        let mut routes = self.routes.lock();
+        if routes.get(&peer).is_some_and(|r| r.id == id) {
+            routes.remove(&peer);
+        }
+    }
+}
+
+/// One peer's datagrams, as the connection webrtc-dtls reads and writes.
+struct PeerConn {
+    demux: Arc<Demux>,
+    peer: SocketAddr,
+    id: u64,
+    rx: tokio::sync::Mutex<mpsc::Receiver<Vec<u8>>>,
 }
 
 #[async_trait]
-impl Conn for Peeked {
-    async fn connect(&self, addr: SocketAddr) -> webrtc_util::Result<()> {
-        self.inner.connect(addr).await
+impl Conn for PeerConn {
+    async fn connect(&self, _addr: SocketAddr) -> webrtc_util::Result<()> {
+        Ok(())
     }
     async fn recv(&self, buf: &mut [u8]) -> webrtc_util::Result<usize> {
-        let first = self.first.lock().take();
-        match first {
-            Some(d) => {
-                let n = d.len().min(buf.len());
-                buf[..n].copy_from_slice(&d[..n]);
-                Ok(n)
-            }
-            None => self.inner.recv(buf).await,
-        }
+        let d = self
+            .rx
+            .lock()
+            .await
+            .recv()
+            .await
+            .ok_or(webrtc_util::Error::ErrUseClosedNetworkConn)?;
+        let n = d.len().min(buf.len());
+        buf[..n].copy_from_slice(&d[..n]);
+        Ok(n)
     }
     async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
-        let n = self.recv(buf).await?;
-        let from = self
-            .inner
-            .remote_addr()
-            .ok_or(webrtc_util::Error::ErrNoRemAddr)?;
-        Ok((n, from))
+        Ok((self.recv(buf).await?, self.peer))
     }
     async fn send(&self, buf: &[u8]) -> webrtc_util::Result<usize> {
-        self.inner.send(buf).await
+        Ok(self.demux.socket.send_to(buf, self.peer).await?)
     }
     async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
-        self.inner.send_to(buf, target).await
+        Ok(self.demux.socket.send_to(buf, target).await?)
     }
     fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
-        self.inner.local_addr()
+        Ok(self.demux.socket.local_addr()?)
     }
     fn remote_addr(&self) -> Option<SocketAddr> {
-        self.inner.remote_addr()
+        Some(self.peer)
     }
     async fn close(&self) -> webrtc_util::Result<()> {
-        self.inner.close().await
+        self.demux.remove(self.peer, self.id);
+        self.rx.lock().await.close();
+        Ok(())
     }
     fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
         self
@@ -294,54 +335,87 @@ pub async fn serve(
     // webrtc-dtls builds its client-certificate verifier with rustls' process-wide
     // provider; the hub uses ring everywhere.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut listen = ListenConfig {
-        accept_filter: Some(Box::new(|packet: &[u8]| {
-            let hello = offered_suites(packet).is_some();
-            Box::pin(async move { hello })
-        })),
-        ..Default::default()
-    };
-    let listener = listen
-        .listen(addr)
-        .await
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let socket = Arc::new(UdpSocket::bind(addr).await?);
     info!(%addr, certificate = cert.is_some(), "CoAP gateway on DTLS");
+    let demux = Arc::new(Demux {
+        socket,
+        routes: Mutex::new(HashMap::new()),
+        next_id: std::sync::atomic::AtomicU64::new(0),
+    });
     let configs = Arc::new(configs(&gw, cert));
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     Ok(tokio::spawn(async move {
+        let mut buf = vec![0u8; super::MAX_DATAGRAM];
         loop {
-            let accepted = tokio::select! {
+            let (n, peer) = tokio::select! {
                 _ = stop.cancelled() => break,
-                a = listener.accept() => a,
+                r = demux.socket.recv_from(&mut buf) => match r {
+                    Ok(r) => r,
+                    Err(e) => {
+                        debug!(error = %e, "DTLS receive failed");
+                        continue;
+                    }
+                },
             };
-            let (conn, peer) = match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    warn!(error = %e, "DTLS listener failed");
-                    break;
+            let datagram = &buf[..n];
+            let known = demux.routes.lock().get(&peer).cloned();
+            if let Some(route) = known {
+                if !(route.established.load(Ordering::Relaxed) && is_new_hello(datagram)) {
+                    // Full: dropped, the peer retransmits.
+                    let _ = route.tx.try_send(datagram.to_vec());
+                    continue;
                 }
+                // The device started over (rebooted, same address): the old session ends
+                // and this ClientHello opens a new one (RFC 6347 4.2.8).
+                route.restart.notify_one();
+                demux.remove(peer, route.id);
+            }
+            // A new peer must open with a ClientHello; anything else is dropped.
+            let Some(suites) = offered_suites(datagram) else {
+                gw.metrics.malformed.inc();
+                continue;
             };
             let full = sessions.peers.lock().len() >= MAX_SESSIONS;
             let permit = handshakes.clone().try_acquire_owned();
             let (Ok(permit), false) = (permit, full) else {
                 gw.metrics.dtls_handshake("busy");
-                let _ = conn.close().await;
                 continue;
             };
+            let (tx, rx) = mpsc::channel(PEER_QUEUE);
+            let _ = tx.try_send(datagram.to_vec());
+            let (established, restart) =
+                (Arc::new(AtomicBool::new(false)), Arc::new(Notify::new()));
+            let id = demux.next_id.fetch_add(1, Ordering::Relaxed);
+            // The route alone holds the sender: once it is forgotten, the peer's
+            // connection reads its end and the DTLS stack's tasks stop.
+            let route = Route {
+                id,
+                tx,
+                established: established.clone(),
+                restart: restart.clone(),
+            };
+            demux.routes.lock().insert(peer, route);
+            let conn = Arc::new(PeerConn {
+                demux: demux.clone(),
+                peer,
+                id,
+                rx: tokio::sync::Mutex::new(rx),
+            });
+            let psk = wants_psk(&suites, configs.cert.is_some());
             let span = info_span!("dtls", %peer);
             let (gw, sessions, configs) = (gw.clone(), sessions.clone(), configs.clone());
             tokio::spawn(
                 async move {
-                    let session = handshake(&gw, conn, &configs).await;
+                    let session = handshake(&gw, conn, &configs, psk).await;
                     drop(permit);
                     if let Some(s) = session {
-                        run_session(gw, sessions, s, peer).await;
+                        established.store(true, Ordering::Relaxed);
+                        run_session(gw, sessions, s, restart, peer).await;
                     }
                 }
                 .instrument(span),
             );
         }
-        let _ = listener.close().await;
         let open: Vec<Session> = sessions.peers.lock().drain().map(|(_, s)| s).collect();
         for s in open {
             let _ = s.conn.close().await;
@@ -351,31 +425,17 @@ pub async fn serve(
 
 async fn handshake(
     gw: &Arc<Gateway>,
-    conn: Arc<dyn Conn + Send + Sync>,
+    conn: Arc<PeerConn>,
     configs: &Configs,
+    psk: bool,
 ) -> Option<Session> {
-    let mut first = vec![0u8; 2048];
-    let n = match tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.recv(&mut first)).await {
-        Ok(Ok(n)) => n,
-        _ => {
-            let _ = conn.close().await;
-            return None;
-        }
-    };
-    first.truncate(n);
-    let suites = offered_suites(&first).unwrap_or_default();
-    let psk = wants_psk(&suites, configs.cert.is_some());
     let config = match (&configs.cert, psk) {
         (Some(c), false) => c.clone(),
         _ => configs.psk.clone(),
     };
-    let peeked: Arc<dyn Conn + Send + Sync> = Arc::new(Peeked {
-        inner: conn.clone(),
-        first: Mutex::new(Some(first)),
-    });
     let done = tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
-        DTLSConn::new(peeked, config, false, None),
+        DTLSConn::new(conn.clone(), config, false, None),
     )
     .await;
     let dtls = match done {
@@ -415,20 +475,30 @@ async fn handshake(
     })
 }
 
-/// Reads the session's datagrams into the gateway until the peer closes it, it fails or
-/// it idles out.
+/// Reads the session's datagrams into the gateway until the peer closes it, it fails, it
+/// idles out or the peer starts a new handshake.
 async fn run_session(
     gw: Arc<Gateway>,
     sessions: Arc<Sessions>,
     session: Session,
+    restart: Arc<Notify>,
     peer: SocketAddr,
 ) {
     let conn = session.conn.clone();
     sessions.peers.lock().insert(peer, session);
     gw.metrics.dtls_sessions.inc();
     let mut buf = vec![0u8; super::MAX_DATAGRAM];
+    let mut restarted = false;
     loop {
-        match conn.read(&mut buf, Some(IDLE_TIMEOUT)).await {
+        let read = tokio::select! {
+            r = conn.read(&mut buf, Some(IDLE_TIMEOUT)) => r,
+            _ = restart.notified() => {
+                debug!("the peer started a new handshake: session ended");
+                restarted = true;
+                break;
+            }
+        };
+        match read {
             Ok(n) => gw.datagram(&buf[..n], peer),
             Err(e) => {
                 debug!(error = %e, "DTLS session ended");
@@ -446,7 +516,11 @@ async fn run_session(
             peers.remove(&peer);
         }
     }
-    let _ = conn.close().await;
+    // A restarted peer is mid-handshake: an alert of the old session would only confuse
+    // it, and its route is gone already.
+    if !restarted {
+        let _ = conn.close().await;
+    }
 }
 
 #[cfg(test)]
@@ -477,6 +551,16 @@ mod tests {
         assert_eq!(offered_suites(&[23, 0xfe, 0xfd]), None);
         assert_eq!(offered_suites(&hello(&[0xc0a8])[..40]), None);
         assert_eq!(offered_suites(&[]), None);
+    }
+
+    #[test]
+    fn only_an_epoch_0_client_hello_is_a_new_handshake() {
+        let h = hello(&[0xc0a8]);
+        assert!(is_new_hello(&h));
+        let mut later = h.clone();
+        later[4] = 1;
+        assert!(!is_new_hello(&later));
+        assert!(!is_new_hello(&[23, 0xfe, 0xfd, 0, 0]));
     }
 
     #[test]
