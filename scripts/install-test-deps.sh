@@ -15,7 +15,8 @@ sudo=""
 need_apt=()
 command -v mosquitto_pub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
-command -v coap-client-notls >/dev/null 2>&1 || need_apt+=(libcoap3-bin)
+{ command -v coap-client-notls && command -v coap-client-openssl; } >/dev/null 2>&1 ||
+  need_apt+=(libcoap3-bin)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need_apt[@]}" >/dev/null

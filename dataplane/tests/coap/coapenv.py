@@ -1,16 +1,19 @@
 """The processes under test and the roles the tests give them.
 
 * ``CoapStandalone``: dispatchlib's ``Standalone`` (``cmq standalone --manifests DIR``) with
-  ``--coap-listen 127.0.0.1:<udp port>``.
+  ``--coap-listen 127.0.0.1:<udp port>`` and ``--coaps-listen 127.0.0.1:<udp port>`` (DTLS).
 * ``CoapHub`` / ``CoapCluster``: clusterlib's ``Hub`` / ``Cluster`` (``cmq hub`` on a
-  nats-server), each hub with its own ``--coap-listen`` port.
+  nats-server), each hub with its own ``--coap-listen`` and ``--coaps-listen`` ports and
+  the cluster's ``--coap-token-secret`` (``CLUSTER_SECRET`` unless the test gives one).
 * ``Deployment``: what a test gets. ``coap_hub`` takes the CoAP requests and
   ``mqtt_hub`` the MQTT clients: the same process in standalone mode, hub 1 and hub 2 of
   the cluster in cluster mode, so every cluster test crosses hubs.
 
-Resources (DeviceCredential, TopicAcl) are given before the start: a YAML file in the
-manifests folder (standalone), or ``cmq registry apply`` (cluster); the deployment then
-waits until every hub reports them (``cmq_hub_registry_credentials`` / ``_acls``).
+Resources (DeviceCredential, TopicAcl and the Secrets they refer to) are given before the
+start: a YAML file in the manifests folder (standalone), or ``cmq registry apply
+--cluster-secret S`` (cluster: pre-shared keys are sealed with the hubs' secret); the
+deployment then waits until every hub reports them (``cmq_hub_registry_credentials`` /
+``_acls``).
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ from dispatchlib import Standalone
 from natsserver import HOST, free_port
 
 REGISTRY_TIMEOUT = 15.0
+# cluster mode: every hub's --coap-token-secret and `cmq registry apply --cluster-secret`
+CLUSTER_SECRET = "coap-suite-cluster-secret"
+TOKEN_SECRET = "--coap-token-secret"
 
 
 def free_udp_port() -> int:
@@ -61,25 +67,34 @@ def wait_coap(port: int, timeout: float = 10.0) -> bool:
         raw.close()
 
 
-def with_coap_listen(cmd: list[str], port: int) -> list[str]:
-    """``cmd`` with ``--coap-listen 127.0.0.1:port``: the value replaced where the shared
-    harness already sets one (``off`` in dispatchlib, a guessed port in clusterlib)."""
+def with_flag(cmd: list[str], flag: str, value: str | None) -> list[str]:
+    """``cmd`` with ``flag value``: the value replaced where the command already has the
+    flag (``--coap-listen off`` in dispatchlib, a guessed port in clusterlib); ``None``
+    removes the flag."""
     cmd = list(cmd)
-    addr = f"{HOST}:{port}"
-    if "--coap-listen" in cmd:
-        cmd[cmd.index("--coap-listen") + 1] = addr
-    else:
-        cmd += ["--coap-listen", addr]
-    return cmd
+    if flag in cmd:
+        i = cmd.index(flag)
+        del cmd[i:i + 2]
+    return cmd if value is None else cmd + [flag, value]
+
+
+def with_coap_listeners(cmd: list[str], coap_port: int, coaps_port: int) -> list[str]:
+    cmd = with_flag(cmd, "--coap-listen", f"{HOST}:{coap_port}")
+    return with_flag(cmd, "--coaps-listen", f"{HOST}:{coaps_port}")
+
+
+def flag_value(args: list[str], flag: str) -> str | None:
+    return args[args.index(flag) + 1] if flag in args else None
 
 
 class CoapStandalone(Standalone):
     def __init__(self, workdir: Path, manifests: Path, extra: list[str] | None = None):
         super().__init__(workdir, manifests, extra)
         self.coap_port = free_udp_port()
+        self.coaps_port = free_udp_port()
 
     def command(self) -> list[str]:
-        return with_coap_listen(super().command(), self.coap_port)
+        return with_coap_listeners(super().command(), self.coap_port, self.coaps_port)
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> "CoapStandalone":
         super().wait_ready(timeout)
@@ -89,13 +104,21 @@ class CoapStandalone(Standalone):
 
 
 class CoapHub(Hub):
-    def __init__(self, cluster: Cluster, hub_id: str):
+    """``overrides``: flags of this hub only (``{flag: value}``, ``None`` removes the flag),
+    e.g. another ``--coap-token-secret``."""
+
+    def __init__(self, cluster: Cluster, hub_id: str, overrides: dict | None = None):
         super().__init__(cluster, hub_id)
         self.coap_port = free_udp_port()
+        self.coaps_port = free_udp_port()
+        self.overrides = dict(overrides or {})
         self.label = f"hub {hub_id}"
 
     def command(self) -> list[str]:
-        return with_coap_listen(super().command(), self.coap_port)
+        cmd = with_coap_listeners(super().command(), self.coap_port, self.coaps_port)
+        for flag, value in self.overrides.items():
+            cmd = with_flag(cmd, flag, value)
+        return cmd
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> "CoapHub":
         super().wait_ready(timeout)
@@ -105,8 +128,9 @@ class CoapHub(Hub):
 
 
 class CoapCluster(Cluster):
-    def add(self, n: int = 1, timeout: float = READY_TIMEOUT) -> list[Hub]:
-        new = [CoapHub(self, f"h{len(self.hubs) + i + 1}") for i in range(n)]
+    def add(self, n: int = 1, timeout: float = READY_TIMEOUT,
+            overrides: dict | None = None) -> list[Hub]:
+        new = [CoapHub(self, f"h{len(self.hubs) + i + 1}", overrides) for i in range(n)]
         self.hubs.extend(new)
         for h in new:
             h.launch()
@@ -115,10 +139,11 @@ class CoapCluster(Cluster):
         return new
 
 
-def registry_apply(nats_url: str, cluster: str, path: Path) -> str:
-    """``cmq registry apply -f path`` (what the operator does); returns its output."""
+def registry_apply(nats_url: str, cluster: str, path: Path, secret: str) -> str:
+    """``cmq registry apply -f path --cluster-secret secret`` (what the operator does);
+    returns its output."""
     out = subprocess.run([cmq_bin(), "registry", "apply", "--nats", nats_url,
-                          "--cluster", cluster, "-f", str(path)],
+                          "--cluster", cluster, "-f", str(path), "--cluster-secret", secret],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, f"registry apply failed: {out.stdout}\n{out.stderr}"
     return out.stdout + out.stderr
@@ -155,7 +180,13 @@ class Deployment:
 
     @property
     def mqtt_hub(self):
-        return self.procs[-1]
+        """The second hub (a hub added by ``add_hub`` does not change it)."""
+        return self.procs[min(1, len(self.procs) - 1)]
+
+    def add_hub(self, overrides: dict | None = None) -> "CoapHub":
+        """Cluster mode: one more hub (started, ready), with ``overrides`` of its flags."""
+        assert self.cluster is not None, "add_hub: cluster mode only"
+        return self.cluster.add(1, overrides=overrides)[0]
 
     # -- clients -----------------------------------------------------------
     def raw(self, hub=None, **kw) -> RawCoap:
@@ -163,6 +194,10 @@ class Deployment:
 
     def uri(self, path: str, hub=None, **query) -> str:
         return coap_uri((hub or self.coap_hub).coap_port, path, **query)
+
+    def coaps_uri(self, path: str, hub=None, **query) -> str:
+        """``coaps://`` on the DTLS listener of ``hub`` (default ``coap_hub``)."""
+        return coap_uri((hub or self.coap_hub).coaps_port, path, scheme="coaps", **query)
 
     def mqtt(self, hub=None, user: str | None = None, client_id: str | None = None) -> Mqtt:
         """A connected paho client (MQTT 5) on ``hub`` (default ``mqtt_hub``), as
@@ -234,10 +269,11 @@ def count_kinds(docs: list[dict]) -> tuple[float, float]:
             float(sum(1 for d in docs if d.get("kind") == "TopicAcl")))
 
 
-def wait_registry(dep: Deployment, docs: list[dict]) -> None:
-    """Wait until every process reports the DeviceCredentials and TopicAcls of ``docs``."""
+def wait_registry(dep: Deployment, docs: list[dict], procs: Iterable | None = None) -> None:
+    """Wait until every process (or those of ``procs``) reports the DeviceCredentials and
+    TopicAcls of ``docs``."""
     want = count_kinds(docs)
-    for p in dep.procs:
+    for p in (dep.procs if procs is None else procs):
         def loaded(p=p) -> bool:
             return (metric(p, "cmq_hub_registry_credentials"),
                     metric(p, "cmq_hub_registry_acls")) == want
@@ -259,12 +295,15 @@ def new_standalone(workdir: Path, docs: list[dict], extra: list[str]) -> Deploym
 
 def new_cluster(workdir: Path, nats_url: str, docs: list[dict], extra: list[str],
                 hubs: int = 2) -> Deployment:
-    """A cluster deployment (hubs not started yet) with ``docs`` applied to its KV."""
+    """A cluster deployment (hubs not started yet) with ``docs`` applied to its KV, sealed
+    with the hubs' ``--coap-token-secret`` (the test's, else ``CLUSTER_SECRET``)."""
     name = clusterlib.cluster_name()
+    secret = flag_value(extra, TOKEN_SECRET) or CLUSTER_SECRET
     if docs:
         path = workdir / f"resources-{name}.yaml"
         path.write_text(to_yaml(docs))
-        registry_apply(nats_url, name, path)
+        registry_apply(nats_url, name, path, secret)
     cluster = CoapCluster(nats_url, workdir, name=name, shards=4,
-                          extra_args=["--auth-failure-limit", "1000", *extra])
+                          extra_args=["--auth-failure-limit", "1000",
+                                      *with_flag(extra, TOKEN_SECRET, secret)])
     return Deployment("cluster", cluster.hubs, cluster, hubs)

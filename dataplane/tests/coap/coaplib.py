@@ -458,3 +458,83 @@ def subtle_format_errors(mid: int) -> dict[str, bytes]:
         "version 3 NON": b"\xd0\x01" + m + path,
         "payload marker without payload": b"\x40\x01" + m + path + b"\xff",
     }
+
+
+# ---------------------------------------------------------------------------
+# DTLS 1.2 records (RFC 6347) built by hand, for what the DTLS listener must survive
+# ---------------------------------------------------------------------------
+
+CHANGE_CIPHER_SPEC, ALERT, HANDSHAKE, APPLICATION_DATA = 20, 21, 22, 23
+CLIENT_HELLO, HELLO_VERIFY_REQUEST = 1, 3
+DTLS_1_2 = b"\xfe\xfd"
+PSK_WITH_AES_128_CCM_8 = 0xC0A8
+
+
+def dtls_record(content_type: int, body: bytes, seq: int = 0, epoch: int = 0,
+                version: bytes = DTLS_1_2, length: int | None = None) -> bytes:
+    """Record header (type, version, epoch, 48-bit sequence number, length) + body."""
+    n = len(body) if length is None else length
+    return (bytes([content_type]) + version + epoch.to_bytes(2, "big") + seq.to_bytes(6, "big")
+            + n.to_bytes(2, "big") + body)
+
+
+def client_hello(suites: Iterable[int] = (PSK_WITH_AES_128_CCM_8,), *, cookie: bytes = b"",
+                 session_id: bytes = b"", extensions: bytes = b"", suite_bytes: bytes | None = None,
+                 compression: bytes = b"\x01\x00", ext_length: int | None = None,
+                 msg_length: int | None = None, frag_offset: int = 0,
+                 frag_length: int | None = None, record_length: int | None = None,
+                 seq: int = 0, msg_seq: int = 0) -> bytes:
+    """A ClientHello in one record, as a PSK client's first flight (``cookie``: its second,
+    with ``seq`` / ``msg_seq`` 1). The other keywords make it lie: lengths that do not
+    match what follows."""
+    suite_list = (b"".join(s.to_bytes(2, "big") for s in suites)
+                  if suite_bytes is None else suite_bytes)
+    ext_n = len(extensions) if ext_length is None else ext_length
+    body = (DTLS_1_2 + os.urandom(32) + bytes([len(session_id)]) + session_id
+            + bytes([len(cookie)]) + cookie + len(suite_list).to_bytes(2, "big") + suite_list
+            + compression + ext_n.to_bytes(2, "big") + extensions)
+    n = len(body) if msg_length is None else msg_length
+    frag = len(body) if frag_length is None else frag_length
+    handshake = (bytes([CLIENT_HELLO]) + n.to_bytes(3, "big") + msg_seq.to_bytes(2, "big")
+                 + frag_offset.to_bytes(3, "big") + frag.to_bytes(3, "big") + body)
+    return dtls_record(HANDSHAKE, handshake, seq=seq, length=record_length)
+
+
+def is_hello_verify_request(datagram: bytes) -> bool:
+    return len(datagram) > 13 and datagram[0] == HANDSHAKE and datagram[13] == HELLO_VERIFY_REQUEST
+
+
+def dtls_garbage() -> dict[str, bytes]:
+    """Datagrams that are no valid first flight, each for a new peer: truncated, lying
+    about lengths, or records a handshake does not start with."""
+    hello = client_hello()
+    return {
+        "empty datagram": b"",
+        "1 byte": bytes([HANDSHAKE]),
+        "record header only": hello[:13],
+        "ClientHello truncated in the random": hello[:40],
+        "ClientHello truncated in the suites": hello[:13 + 12 + 2 + 32 + 2 + 3],
+        "ClientHello without its extensions length": hello[:-2],
+        "record length past the end": client_hello(record_length=0xFFFF),
+        "record length shorter than the message": client_hello(record_length=20),
+        "handshake length past the end": client_hello(msg_length=0xFFFFFF),
+        "fragment past the message": client_hello(frag_offset=0xFFFFF0),
+        "fragment longer than the message": client_hello(frag_length=0xFFFF),
+        "empty handshake message": client_hello(msg_length=0, frag_length=0),
+        "odd-length cipher suite list": client_hello(suite_bytes=b"\xc0\xa8\x00"),
+        "no cipher suites": client_hello(()),
+        "unknown cipher suites only": client_hello((0x1301, 0xFFFF)),
+        "session id longer than the message": client_hello(session_id=b"\xff" * 32)[:-60],
+        "compression methods past the end": client_hello(compression=b"\xff\x00"),
+        "no compression method": client_hello(compression=b"\x00"),
+        "extensions length past the end": client_hello(ext_length=0xFFFF),
+        "extension longer than the extensions": client_hello(extensions=b"\x00\x0a\xff\xff\x00"),
+        "cookie never issued": client_hello(cookie=os.urandom(32)),
+        "unknown record version": dtls_record(HANDSHAKE, client_hello()[13:], version=b"\xff\xff"),
+        "epoch 1 handshake record": dtls_record(HANDSHAKE, os.urandom(64), epoch=1),
+        "application data": dtls_record(APPLICATION_DATA, os.urandom(48), epoch=1),
+        "alert": dtls_record(ALERT, b"\x02\x28"),
+        "change cipher spec": dtls_record(CHANGE_CIPHER_SPEC, b"\x01"),
+        "ClientHello then a garbage record": hello + dtls_record(HANDSHAKE, os.urandom(30)),
+        "plain CoAP ping": encode(CON, EMPTY, 0x1234),
+    }

@@ -1,15 +1,19 @@
 """CoAP clients written by others, driven from the tests: libcoap's ``coap-client-notls``
-(Debian libcoap3-bin) and aiocoap's asyncio API (PyPI aiocoap).
+and ``coap-client-openssl`` (DTLS; both Debian libcoap3-bin) and aiocoap's asyncio API
+(PyPI aiocoap).
 
     res = coap_client(uri, "-m", "post", "-e", "21")    # one request, -v 6 dumps parsed
     res.response.code                                    # "2.04"  (res.response.type "ACK")
     obs = CliObserver(uri, seconds=6).start()            # -s 6: observe, deregisters at the end
+    res = coaps_client(coaps_uri, "-m", "post", "-e", "x", "-u", "dev1", "-k", "key")  # DTLS
+    res.handshake_failed                                 # no response, a DTLS alert logged
+    obs = CliObserver(coaps_uri, 6, "-u", "dev1", "-k", "key", client=COAPS_CLIENT)
     aio_request(uri, "POST", b"x", non=True).code.dotted # "2.04"
     obs = AioObserver(uri).start()                       # ctx.request(GET, observe=0) in a thread
     obs.payloads()                                       # notifications (not the first response)
 
-``uri(port, path, **query)`` builds ``coap://127.0.0.1:PORT/...`` with each topic level
-percent-encoded (``#`` -> ``%23``; ``+`` stays).
+``uri(port, path, **query)`` builds ``coap://127.0.0.1:PORT/...`` (``scheme="coaps"``:
+``coaps://``) with each topic level percent-encoded (``#`` -> ``%23``; ``+`` stays).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from dataclasses import dataclass
 
 HOST = "127.0.0.1"
 COAP_CLIENT = "coap-client-notls"
+COAPS_CLIENT = "coap-client-openssl"  # the same package, built with OpenSSL (DTLS)
 
 # "v:1 t:ACK c:2.05 i:a606 {63616666} [ Observe:2, Max-Age:1 ] :: 'Nov 29 19:38:10'"
 DUMP_RE = re.compile(r"^v:1 t:(CON|NON|ACK|RST) c:(\S+) i:([0-9a-f]+) \{([0-9a-f]*)\} "
@@ -35,11 +40,15 @@ def have_coap_client() -> bool:
     return shutil.which(COAP_CLIENT) is not None
 
 
-def uri(port: int, path: str, **query) -> str:
-    """``coap://127.0.0.1:PORT/<path>?k=v&...``; each "/"-separated level of ``path`` is
-    percent-encoded ("#" -> "%23"), "+" and "$" kept as they are."""
+def have_coaps_client() -> bool:
+    return shutil.which(COAPS_CLIENT) is not None
+
+
+def uri(port: int, path: str, scheme: str = "coap", **query) -> str:
+    """``coap://127.0.0.1:PORT/<path>?k=v&...`` (or ``scheme://``); each "/"-separated level
+    of ``path`` is percent-encoded ("#" -> "%23"), "+" and "$" kept as they are."""
     levels = [urllib.parse.quote(level, safe="+$") for level in path.split("/")]
-    out = f"coap://{HOST}:{port}/{'/'.join(levels)}"
+    out = f"{scheme}://{HOST}:{port}/{'/'.join(levels)}"
     if query:
         out += "?" + "&".join(f"{k}={urllib.parse.quote(str(v), safe='')}"
                               for k, v in query.items())
@@ -97,25 +106,39 @@ class CliResult:
         assert self.responses, f"coap-client got no response:\n{self}"
         return self.responses[0]
 
+    @property
+    def handshake_failed(self) -> bool:
+        """coap-client-openssl: no response, and the DTLS handshake ended with an alert
+        (libcoap logs "DTLS: ... alert ..."; the exit code is 0 all the same)."""
+        return not self.responses and bool(re.search(r"DTLS: .*alert", self.stdout + self.stderr))
+
     def __str__(self) -> str:
         return f"rc={self.rc}\n--- stdout ---\n{self.stdout}\n--- stderr ---\n{self.stderr}"
 
 
-def coap_client(target: str, *args: str, wait: int = 10) -> CliResult:
+def coap_client(target: str, *args: str, wait: int = 10, client: str = COAP_CLIENT
+                ) -> CliResult:
     """One ``coap-client-notls -v 6 -B wait ARGS URI`` run (a GET unless ``-m``)."""
-    cmd = [COAP_CLIENT, "-v", "6", "-B", str(wait), *args, target]
+    cmd = [client, "-v", "6", "-B", str(wait), *args, target]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=wait + 20,
                          stdin=subprocess.DEVNULL)
     return CliResult(out.returncode, out.stdout, out.stderr, parse_dumps(out.stdout.splitlines()))
 
 
-class CliObserver:
-    """``coap-client-notls -s SECONDS`` in the background (line-buffered through stdbuf);
-    at the end of the duration libcoap deregisters (GET Observe:1, same token) and exits."""
+def coaps_client(target: str, *args: str, wait: int = 10) -> CliResult:
+    """One ``coap-client-openssl -v 6 -B wait ARGS coaps://...`` run: ``-u IDENTITY -k KEY``
+    for a pre-shared key, ``-c CERT -j KEY -C CA`` for a certificate (``-C`` alone: none)."""
+    return coap_client(target, *args, wait=wait, client=COAPS_CLIENT)
 
-    def __init__(self, target: str, seconds: int, *args: str):
+
+class CliObserver:
+    """``coap-client-notls -s SECONDS`` (``client=COAPS_CLIENT``: coap-client-openssl) in the
+    background (line-buffered through stdbuf); at the end of the duration libcoap
+    deregisters (GET Observe:1, same token) and exits."""
+
+    def __init__(self, target: str, seconds: int, *args: str, client: str = COAP_CLIENT):
         prefix = ["stdbuf", "-oL"] if shutil.which("stdbuf") else []
-        self.cmd = prefix + [COAP_CLIENT, "-v", "6", "-w", "-B", str(seconds + 10),
+        self.cmd = prefix + [client, "-v", "6", "-w", "-B", str(seconds + 10),
                              "-s", str(seconds), *args, target]
         self.seconds = seconds
         self.lines: list[str] = []

@@ -6,12 +6,13 @@
     deploy      factory: ``dep = deploy(docs=[...], args=[...])`` starts the processes with
                 the DeviceCredentials / TopicAcls in ``docs`` (manifests folder, or
                 ``cmq registry apply``) and extra flags; returns a ``coapenv.Deployment``
-                (``dep.coap_hub`` gets the CoAP requests, ``dep.mqtt_hub`` the MQTT
-                clients: hub 1 and hub 2 in cluster mode). Killed at teardown.
+                (``dep.coap_hub`` gets the CoAP requests, plain and DTLS, ``dep.mqtt_hub``
+                the MQTT clients: hub 1 and hub 2 in cluster mode). Killed at teardown.
     mode        "standalone" or "cluster".
 
 Binaries: $CMQ_BIN (default <repo>/target/debug/cmq), $NATS_SERVER_BIN (cluster mode;
-default: what scripts/install-nats.sh prints), coap-client-notls on the PATH.
+default: what scripts/install-nats.sh prints), coap-client-notls and coap-client-openssl
+(DTLS) on the PATH.
 """
 
 from __future__ import annotations
@@ -44,15 +45,20 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "needs_coap_client: uses libcoap's coap-client-notls")
+    config.addinivalue_line("markers",
+                            "needs_coaps_client: uses libcoap's coap-client-openssl (DTLS)")
 
 
 def pytest_collection_modifyitems(config, items):
-    if coaptools.have_coap_client():
-        return
-    skip = pytest.mark.skip(reason="coap-client-notls missing: scripts/install-test-deps.sh")
-    for item in items:
-        if "needs_coap_client" in item.keywords:
-            item.add_marker(skip)
+    missing = {"needs_coap_client": (coaptools.have_coap_client(), coaptools.COAP_CLIENT),
+               "needs_coaps_client": (coaptools.have_coaps_client(), coaptools.COAPS_CLIENT)}
+    for marker, (present, binary) in missing.items():
+        if present:
+            continue
+        skip = pytest.mark.skip(reason=f"{binary} missing: scripts/install-test-deps.sh")
+        for item in items:
+            if marker in item.keywords:
+                item.add_marker(skip)
 
 
 @pytest.hookimpl(hookwrapper=True)

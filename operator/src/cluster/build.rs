@@ -753,12 +753,12 @@ mod tests {
         let hpa = ch.hpa.clone().unwrap().spec.unwrap();
         assert_eq!((hpa.min_replicas, hpa.max_replicas), (Some(2), 6));
         assert_eq!(hpa.metrics.unwrap().len(), 2);
-        assert_eq!(
-            service_ports(&ch),
-            vec![1883, 8083, 5683, 5684, 8883, 8084]
-        );
+        assert_eq!(service_ports(&ch), vec![1883, 8083, 5683, 5684, 8883, 8084]);
         let eps = endpoints(&c, None, "iot");
-        assert!(eps.contains(&"coaps://demo-hub.iot.svc:5684".to_owned()), "{eps:?}");
+        assert!(
+            eps.contains(&"coaps://demo-hub.iot.svc:5684".to_owned()),
+            "{eps:?}"
+        );
         let sum = |ch: &Children| {
             ch.hub
                 .spec
