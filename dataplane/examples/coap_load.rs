@@ -22,7 +22,7 @@ use webrtc_dtls::conn::DTLSConn;
 /// A device's link to the hub: a plain UDP socket or a DTLS session.
 enum Link {
     Udp(UdpSocket),
-    Dtls(DTLSConn),
+    Dtls(Box<DTLSConn>),
 }
 
 impl Link {
@@ -39,7 +39,7 @@ impl Link {
             ..Default::default()
         };
         let conn = DTLSConn::new(Arc::new(socket), config, true, None).await?;
-        Ok(Self::Dtls(conn))
+        Ok(Self::Dtls(Box::new(conn)))
     }
 
     async fn send(&self, bytes: &[u8]) {

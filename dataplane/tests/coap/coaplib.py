@@ -538,3 +538,28 @@ def dtls_garbage() -> dict[str, bytes]:
         "ClientHello then a garbage record": hello + dtls_record(HANDSHAKE, os.urandom(30)),
         "plain CoAP ping": encode(CON, EMPTY, 0x1234),
     }
+
+
+def local_ports_to(port: int) -> list[int]:
+    """Local ports of the connected UDP sockets on 127.0.0.1 whose peer is 127.0.0.1:port
+    (Linux /proc/net/udp): which port a client such as coap-client uses."""
+    peer = f"0100007F:{port:04X}"
+    out = []
+    with open("/proc/net/udp") as f:
+        for line in f.readlines()[1:]:
+            local, remote = line.split()[1:3]
+            if remote == peer and local.startswith("0100007F:"):
+                out.append(int(local.split(":")[1], 16))
+    return out
+
+
+def send_spoofed(src_port: int, dst_port: int, payload: bytes) -> None:
+    """A UDP datagram 127.0.0.1:src_port -> 127.0.0.1:dst_port through a raw socket (needs
+    root): as if another client's socket had sent it. UDP checksum 0 (none, IPv4)."""
+    import struct
+    udp = struct.pack("!HHHH", src_port, dst_port, 8 + len(payload), 0) + payload
+    lo = socket.inet_aton(HOST)
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, socket.IPPROTO_UDP, 0,
+                     lo, lo)
+    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW) as s:
+        s.sendto(ip + udp, (HOST, 0))
