@@ -83,7 +83,7 @@ impl Credential {
     /// Whether the credential can vouch for a client that did not prove a PSK: it has a
     /// password or a certificate identity. A PSK-only credential must not, or it would let
     /// in any MQTT client without a secret.
-    fn proves_without_psk(&self) -> bool {
+    pub(crate) fn proves_without_psk(&self) -> bool {
         self.verifier.is_some() || self.needs_cert()
     }
 

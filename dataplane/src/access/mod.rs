@@ -297,10 +297,14 @@ impl Access {
                 Err(AuthError::NotAuthorized)
             };
         }
+        // A PSK-only credential vouches for DTLS sessions alone, not for a token that
+        // could be used on plain UDP.
         let cred = snapshot
             .credentials
             .get(key)
-            .filter(|c| !c.disabled && c.identity_matches(&principal.presented()))
+            .filter(|c| {
+                !c.disabled && c.proves_without_psk() && c.identity_matches(&principal.presented())
+            })
             .ok_or(AuthError::NotAuthorized)?;
         principal.credential = Some(cred.clone());
         Ok(principal)
@@ -318,13 +322,12 @@ impl Access {
     }
 
     /// The principal of a DTLS client that proved PSK `identity` in its handshake. The
-    /// client id defaults to the identity and the username to the credential's; what the
-    /// client presents must match the credential like a CONNECT's.
+    /// client id defaults to the identity; the username is the credential's (none when it
+    /// sets none: a username the client merely claims must not count in ACLs).
     pub fn authenticate_psk(
         &self,
         identity: &str,
         client_id: Option<Arc<str>>,
-        username: Option<&str>,
     ) -> Result<Principal, AuthError> {
         let snapshot = self.snapshot();
         let result = snapshot
@@ -335,9 +338,7 @@ impl Access {
             .and_then(|cred| {
                 let principal = Principal {
                     client_id: client_id.unwrap_or_else(|| Arc::from(identity)),
-                    presented_username: username
-                        .map(str::to_owned)
-                        .or_else(|| cred.username.clone()),
+                    presented_username: cred.username.clone(),
                     cert: None,
                     credential: Some(cred.clone()),
                 };

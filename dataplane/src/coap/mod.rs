@@ -159,6 +159,10 @@ impl Gateway {
         }
     }
 
+    pub(crate) fn is_dtls(&self) -> bool {
+        matches!(self.transport, Transport::Dtls(_))
+    }
+
     /// What the peer proved in its DTLS handshake (`None` on plain UDP).
     pub(crate) fn dtls_identity(&self, peer: SocketAddr) -> Option<Arc<dtls::PeerIdentity>> {
         match &self.transport {

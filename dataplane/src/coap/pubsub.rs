@@ -289,8 +289,12 @@ async fn authenticate(
     req: &Request,
     peer: SocketAddr,
 ) -> Result<Client, ResponseType> {
-    if let Some(identity) = gw.dtls_identity(peer) {
-        return authenticate_dtls(gw, req, peer, &identity).await;
+    match gw.dtls_identity(peer) {
+        Some(identity) => return authenticate_dtls(gw, req, peer, &identity).await,
+        // A DTLS peer whose session just went: nothing proven, no fallback to query
+        // credentials.
+        None if gw.is_dtls() => return Err(ResponseType::Unauthorized),
+        None => {}
     }
     let client_id: Arc<str> = match req.param("clientid") {
         Some(c) if !c.is_empty() => Arc::from(c),
@@ -368,7 +372,7 @@ async fn authenticate_dtls(
         .map(Arc::from);
     let username = req.param("username").filter(|u| !u.is_empty());
     let result = match identity {
-        PeerIdentity::Psk(id) => access.authenticate_psk(id, asked_id, username),
+        PeerIdentity::Psk(id) => access.authenticate_psk(id, asked_id),
         PeerIdentity::Cert(cert) => {
             let client_id = asked_id
                 .or_else(|| cert.common_name.as_deref().map(Arc::from))

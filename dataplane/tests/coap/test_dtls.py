@@ -303,7 +303,10 @@ def test_unanswered_hellos_do_not_lock_devices_out(deploy):
         f"busy={dep.metric(HANDSHAKES, result='busy')}\n{res}"
 
 
-def test_spoofed_hello_does_not_end_a_session(deploy):
+@pytest.mark.parametrize("forged", ["hello", "alert"])
+def test_spoofed_datagrams_do_not_end_a_session(deploy, forged):
+    """A ClientHello or a plaintext fatal alert forged with an observing device's address
+    (an off-path attacker's only means) leaves its session up."""
     if os.geteuid() != 0:
         pytest.skip("needs a raw socket (root) to send from the device's address")
     dep = deploy(docs=[*psk_device(DEV), user(WATCH)])
@@ -314,7 +317,8 @@ def test_spoofed_hello_does_not_end_a_session(deploy):
     pub = dep.mqtt(user=WATCH)
     assert dep.await_notified(pub, [obs], topic), obs.output()
     [device_port] = local_ports_to(port)
-    send_spoofed(device_port, port, client_hello())
+    alert = dtls_record(21, bytes([2, 40]), seq=1000)  # fatal handshake_failure, epoch 0
+    send_spoofed(device_port, port, client_hello() if forged == "hello" else alert)
     pub.publish(topic, b"after-spoof", qos=1)
     assert wait_for(lambda: b"after-spoof" in obs.payloads(), 5), \
         f"sessions={dep.metric(SESSIONS)}\n{obs.output()}"

@@ -84,30 +84,54 @@ pub fn records_ok(datagram: &[u8]) -> bool {
     true
 }
 
-/// An unencrypted handshake message from a client: ClientHello, Certificate,
-/// CertificateVerify or ClientKeyExchange; the last whole and of a valid shape.
-fn client_handshake_ok(body: &[u8]) -> bool {
-    let Some(h) = body.get(..12) else {
-        return false;
-    };
+/// The unencrypted handshake messages of a client's record (several may share one):
+/// ClientHello, Certificate, CertificateVerify or ClientKeyExchange, each framed within the
+/// record; a ClientKeyExchange whole and of a valid shape.
+fn client_handshake_ok(mut body: &[u8]) -> bool {
     let u24 = |b: &[u8]| (usize::from(b[0]) << 16) | (usize::from(b[1]) << 8) | usize::from(b[2]);
-    match h[0] {
-        1 | 11 | 15 => true,
-        16 => {
-            let (length, offset, fragment) = (u24(&h[1..4]), u24(&h[6..9]), u24(&h[9..12]));
-            let Some(msg) = body.get(12..12 + fragment) else {
-                return false;
-            };
-            // PSK: identity length (2 bytes) + identity; ECDHE: point length (1) + point.
-            offset == 0
-                && fragment == length
-                && msg.len() >= 2
-                && (usize::from(u16::from_be_bytes([msg[0], msg[1]])) + 2 == msg.len()
-                    || usize::from(msg[0]) + 1 == msg.len())
-        }
-        _ => false,
+    if body.is_empty() {
+        return false;
     }
+    while !body.is_empty() {
+        let Some(h) = body.get(..12) else {
+            return false;
+        };
+        let (length, offset, fragment) = (u24(&h[1..4]), u24(&h[6..9]), u24(&h[9..12]));
+        let Some(msg) = body.get(12..12 + fragment) else {
+            return false;
+        };
+        let ok = match h[0] {
+            1 | 11 | 15 => true,
+            // PSK: identity length (2 bytes) + identity; ECDHE: point length (1) + point.
+            16 => {
+                offset == 0
+                    && fragment == length
+                    && msg.len() >= 2
+                    && (usize::from(u16::from_be_bytes([msg[0], msg[1]])) + 2 == msg.len()
+                        || usize::from(msg[0]) + 1 == msg.len())
+            }
+            _ => false,
+        };
+        if !ok {
+            return false;
+        }
+        body = &body[12 + fragment..];
+    }
+    true
 }
+
+/// The record's epoch and sequence number.
+fn epoch_and_sequence(record: &[u8]) -> Option<(u16, u64)> {
+    let h = record.get(..11)?;
+    let seq = h[5..11]
+        .iter()
+        .fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
+    Some((u16::from_be_bytes([h[3], h[4]]), seq))
+}
+
+/// Records of a later epoch a route takes before its handshake is done (the client's
+/// Finished, a few early requests); more would only queue inside the DTLS stack.
+const EARLY_ENCRYPTED: u32 = 8;
 
 /// One handshake or session of a peer: where its datagrams go.
 pub struct Route {
@@ -117,8 +141,12 @@ pub struct Route {
     pub established: Arc<AtomicBool>,
     /// Signalled when a newer session of the same peer replaces this one.
     pub replaced: Arc<Notify>,
-    /// ClientHellos seen; a second one with a cookie proves the address.
+    /// ClientHellos seen; a later one with a cookie (and a later record sequence number
+    /// than the first) proves the address.
     hellos: u32,
+    first_sequence: u64,
+    /// Later-epoch records taken before the handshake was done.
+    early: u32,
     /// The handshake slot, taken once the address is proven; the handshake task drops it.
     pub slot: Arc<Mutex<Option<OwnedSemaphorePermit>>>,
 }
@@ -190,27 +218,42 @@ impl Demux {
                 }
             }
         } else {
-            // Epoch 0 belongs to a pending handshake; later epochs may be the session's or
-            // the new one's Finished: each side drops what it cannot decrypt.
+            // A session takes no plaintext (epoch 0) record but a ClientHello, which went
+            // to a pending handshake above: a forged alert must not end it. Epoch 0 belongs
+            // to a pending handshake; later epochs may be the session's or the new one's
+            // Finished: each side drops what it cannot decrypt.
             let epoch0 = datagram.get(3..5) == Some(&[0, 0]);
-            match (&entry.pending, epoch0) {
+            match (&mut entry.pending, epoch0) {
                 (Some(p), true) => {
                     let _ = p.tx.try_send(datagram.to_vec());
                 }
                 (Some(p), false) => {
-                    let _ = p.tx.try_send(datagram.to_vec());
+                    if p.early < EARLY_ENCRYPTED {
+                        p.early += 1;
+                        let _ = p.tx.try_send(datagram.to_vec());
+                    }
                     let _ = entry.current.tx.try_send(datagram.to_vec());
                 }
-                (None, _) => {
+                (None, true) => return Action::Drop { busy: false },
+                (None, false) => {
                     let _ = entry.current.tx.try_send(datagram.to_vec());
                 }
             }
             return Action::Deliver;
         };
+        let (epoch, sequence) = epoch_and_sequence(datagram).unwrap_or((0, 0));
+        if epoch > 0 {
+            if target.early >= EARLY_ENCRYPTED {
+                return Action::Drop { busy: false };
+            }
+            target.early += 1;
+        }
         if let Some(h) = &hello {
             target.hellos += 1;
             let mut slot = target.slot.lock();
-            if h.cookie && target.hellos > 1 && slot.is_none() {
+            // A replayed sequence number would be dropped by the DTLS stack after the slot
+            // was taken; a fresh one with a wrong cookie fails there at once.
+            if h.cookie && sequence > target.first_sequence && slot.is_none() {
                 match self.slots.clone().try_acquire_owned() {
                     Ok(permit) => *slot = Some(permit),
                     Err(_) => {
@@ -243,6 +286,8 @@ impl Demux {
             established: Arc::new(AtomicBool::new(false)),
             replaced: Arc::new(Notify::new()),
             hellos: 1,
+            first_sequence: epoch_and_sequence(first).map_or(0, |(_, s)| s),
+            early: 0,
             slot: Arc::new(Mutex::new(None)),
         };
         let handles = (route.established.clone(), route.replaced.clone());
@@ -355,13 +400,12 @@ impl Conn for PeerConn {
         Ok(())
     }
     async fn recv(&self, buf: &mut [u8]) -> webrtc_util::Result<usize> {
-        let d = self
-            .rx
-            .lock()
-            .await
-            .recv()
-            .await
-            .ok_or(webrtc_util::Error::ErrUseClosedNetworkConn)?;
+        let Some(d) = self.rx.lock().await.recv().await else {
+            // The route is gone. webrtc-dtls' reader retries on this error until its
+            // connection is dropped: not in a busy loop.
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            return Err(webrtc_util::Error::ErrUseClosedNetworkConn);
+        };
         let n = d.len().min(buf.len());
         buf[..n].copy_from_slice(&d[..n]);
         Ok(n)
@@ -411,6 +455,9 @@ mod tests {
         }
         let body = u16::try_from(r.len() - 13).unwrap_or(0);
         r[11..13].copy_from_slice(&body.to_be_bytes());
+        let message = u32::from(body - 12).to_be_bytes();
+        r[14..17].copy_from_slice(&message[1..]);
+        r[22..25].copy_from_slice(&message[1..]);
         r
     }
 
@@ -453,6 +500,10 @@ mod tests {
         // Empty and 1-byte ClientKeyExchange: webrtc-dtls 0.12 indexes past their end.
         assert!(!records_ok(&key_exchange(&[])));
         assert!(!records_ok(&key_exchange(&[5])));
+        // An empty ClientKeyExchange behind a ClientHello header in the same record.
+        let mut two_messages = vec![1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        two_messages.extend_from_slice(&[16, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+        assert!(!records_ok(&record(HANDSHAKE, 0, &two_messages)));
         // A ServerKeyExchange (type 12) from a client.
         assert!(!records_ok(&record(
             HANDSHAKE,

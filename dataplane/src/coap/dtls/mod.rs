@@ -152,6 +152,7 @@ pub struct Sessions {
 struct Session {
     conn: Arc<DTLSConn>,
     identity: Arc<PeerIdentity>,
+    demux: Arc<Demux>,
 }
 
 impl Sessions {
@@ -281,16 +282,15 @@ pub async fn serve(
                             warn!("the DTLS stack panicked on this peer's handshake");
                             None
                         });
-                    conn.release_slot();
                     let Some(s) = session else {
+                        conn.release_slot();
                         conn.demux().remove(peer, id);
                         return;
                     };
                     established.store(true, Ordering::Relaxed);
-                    if pending {
-                        conn.demux().promote(peer, id);
-                    }
-                    run_session(gw, sessions, s, replaced, peer).await;
+                    conn.release_slot();
+                    run_session(gw, sessions, s, replaced, peer, pending.then_some(id)).await;
+                    conn.demux().remove(peer, id);
                 }
                 .instrument(span),
             );
@@ -350,6 +350,7 @@ async fn handshake(
     Some(Session {
         conn: Arc::new(dtls),
         identity: Arc::new(identity),
+        demux: conn.demux().clone(),
     })
 }
 
@@ -361,9 +362,16 @@ async fn run_session(
     session: Session,
     replaced: Arc<Notify>,
     peer: SocketAddr,
+    replaces: Option<u64>,
 ) {
     let conn = session.conn.clone();
+    let demux = session.demux.clone();
     sessions.peers.lock().insert(peer, session);
+    // The new session is in place before the one it replaces is told to go, so no request
+    // of the peer finds neither.
+    if let Some(id) = replaces {
+        demux.promote(peer, id);
+    }
     gw.metrics.dtls_sessions.inc();
     let mut buf = vec![0u8; super::MAX_DATAGRAM];
     let mut restarted = false;
