@@ -13,7 +13,7 @@ use super::Gateway;
 use super::block::{self, Block, Step};
 use super::dtls::PeerIdentity;
 use super::request::{self, Request};
-use crate::access::AuthError;
+use crate::access::{Access, AuthError, Principal};
 use crate::broker::{Message, Origin};
 
 /// Who sent a request, and what they may do.
@@ -329,7 +329,7 @@ async fn authenticate(
         .filter(|p| !p.is_empty())
         .map(str::as_bytes);
     let access = &gw.broker.access;
-    let mut principal = match access
+    let principal = match access
         .authenticate(peer.ip(), client_id.clone(), username, password, None)
         .await
     {
@@ -340,19 +340,7 @@ async fn authenticate(
             return Err(ResponseType::Unauthorized);
         }
     };
-    let grant = access
-        .grant(&mut principal)
-        .map_err(|_| ResponseType::Unauthorized)?;
-    Ok(Client {
-        client_id,
-        username: username.map(Arc::from),
-        credential: principal
-            .credential
-            .as_ref()
-            .map(|c| c.key.to_string())
-            .unwrap_or_default(),
-        grant,
-    })
+    granted(access, principal)
 }
 
 /// The client of a request over DTLS: who the handshake proved. A PSK identity is the
@@ -391,7 +379,7 @@ async fn authenticate_dtls(
                 .await
         }
     };
-    let mut principal = match result {
+    let principal = match result {
         Ok(p) => p,
         Err(AuthError::RateLimited) => return Err(ResponseType::TooManyRequests),
         Err(e) => {
@@ -399,6 +387,11 @@ async fn authenticate_dtls(
             return Err(ResponseType::Unauthorized);
         }
     };
+    granted(access, principal)
+}
+
+/// The client an authenticated principal is, with its ACL under the registry in force.
+fn granted(access: &Access, mut principal: Principal) -> Result<Client, ResponseType> {
     let grant = access
         .grant(&mut principal)
         .map_err(|_| ResponseType::Unauthorized)?;
