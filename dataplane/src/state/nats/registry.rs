@@ -21,6 +21,9 @@ use super::{NatsState, unavailable};
 use crate::access::{AccessMetrics, Credential, Inputs};
 use crate::state::StateError;
 
+/// How long a starting hub retries opening the registry buckets.
+const OPEN_PATIENCE: Duration = Duration::from_secs(30);
+
 /// Opens (creating when missing) a cluster's credential and ACL buckets.
 pub async fn open_buckets(
     js: &jetstream::Context,
@@ -78,8 +81,19 @@ impl NatsState {
         metrics: AccessMetrics,
         shutdown: CancellationToken,
     ) -> Result<(), StateError> {
-        let (credentials, acl) =
-            open_buckets(&self.js, &self.config.cluster, self.config.replicas).await?;
+        // A NATS cluster that is still electing its JetStream leader (all servers started
+        // together) times requests out for a few seconds: retry before giving up.
+        let started = std::time::Instant::now();
+        let (credentials, acl) = loop {
+            match open_buckets(&self.js, &self.config.cluster, self.config.replicas).await {
+                Ok(buckets) => break buckets,
+                Err(e) if started.elapsed() < OPEN_PATIENCE => {
+                    warn!(error = %e, "registry buckets not reachable yet; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let maps = Arc::new(Mutex::new(Maps::default()));
         let changed = Arc::new(Notify::new());
         let loaded = Arc::new(tokio::sync::Semaphore::new(0));
