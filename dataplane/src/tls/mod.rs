@@ -111,17 +111,34 @@ fn read_err(path: &std::path::Path, e: impl std::fmt::Display) -> TlsError {
     }
 }
 
-/// Builds a server configuration from the files as they are now.
-pub fn build(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
-    let certs = CertificateDer::pem_file_iter(&files.cert)
-        .map_err(|e| read_err(&files.cert, e))?
+/// The certificate chain (PEM) in `path`, leaf first.
+pub fn read_chain(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| read_err(path, e))?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| read_err(&files.cert, e))?;
+        .map_err(|e| read_err(path, e))?;
     if certs.is_empty() {
         return Err(TlsError::NoCertificate {
-            path: files.cert.clone(),
+            path: path.to_owned(),
         });
     }
+    Ok(certs)
+}
+
+/// The CA bundle (PEM) in `path`, as trust roots.
+pub fn read_roots(path: &std::path::Path) -> Result<rustls::RootCertStore, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(path).map_err(|e| read_err(path, e))? {
+        roots
+            .add(cert.map_err(|e| read_err(path, e))?)
+            .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    }
+    Ok(roots)
+}
+
+/// Builds a server configuration from the files as they are now.
+pub fn build(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
+    let certs = read_chain(&files.cert)?;
     let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| read_err(&files.key, e))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ServerConfig::builder_with_provider(provider.clone())
@@ -130,12 +147,7 @@ pub fn build(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
         (_, ClientAuthArg::None) => builder.with_no_client_auth(),
         (None, mode) => return Err(TlsError::NoClientCa(mode)),
         (Some(ca), mode) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in CertificateDer::pem_file_iter(ca).map_err(|e| read_err(ca, e))? {
-                roots
-                    .add(cert.map_err(|e| read_err(ca, e))?)
-                    .map_err(|e| TlsError::Verifier(e.to_string()))?;
-            }
+            let roots = read_roots(ca)?;
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
             let verifier = if mode == ClientAuthArg::Optional {
                 verifier.allow_unauthenticated()

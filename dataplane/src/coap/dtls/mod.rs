@@ -84,8 +84,8 @@ pub struct CertSettings {
 /// Why the DTLS certificate could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum DtlsError {
-    #[error("cannot read {path}: {reason}")]
-    Read { path: String, reason: String },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error(
         "the key in {0} cannot serve DTLS (webrtc-dtls signs with ECDSA P-256 or Ed25519 only, as PKCS#8)"
     )]
@@ -95,17 +95,15 @@ pub enum DtlsError {
 impl CertSettings {
     /// From the TLS listener's files (PEM chain, PKCS#8 key, optional client CA bundle).
     pub fn load(files: &crate::tls::TlsFiles) -> Result<Self, DtlsError> {
+        use rustls_pki_types::PrivateKeyDer;
         use rustls_pki_types::pem::PemObject;
-        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-        let read = |path: &std::path::Path, e: &dyn std::fmt::Display| DtlsError::Read {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        };
-        let certs = CertificateDer::pem_file_iter(&files.cert)
-            .map_err(|e| read(&files.cert, &e))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| read(&files.cert, &e))?;
-        let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| read(&files.key, &e))?;
+        let certs = crate::tls::read_chain(&files.cert)?;
+        let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| {
+            DtlsError::Tls(crate::tls::TlsError::Read {
+                path: files.key.clone(),
+                reason: e.to_string(),
+            })
+        })?;
         let unsupported = || DtlsError::UnsupportedKey(files.key.display().to_string());
         let PrivateKeyDer::Pkcs8(pkcs8) = key else {
             return Err(unsupported());
@@ -121,13 +119,7 @@ impl CertSettings {
         }
         let client_cas = match (&files.client_ca, files.client_auth) {
             (Some(ca), mode) if mode != crate::tls::ClientAuthArg::None => {
-                let mut roots = rustls::RootCertStore::empty();
-                for cert in CertificateDer::pem_file_iter(ca).map_err(|e| read(ca, &e))? {
-                    roots
-                        .add(cert.map_err(|e| read(ca, &e))?)
-                        .map_err(|e| read(ca, &e))?;
-                }
-                Some(roots)
+                Some(crate::tls::read_roots(ca)?)
             }
             _ => None,
         };
