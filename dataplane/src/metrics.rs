@@ -45,6 +45,10 @@ pub struct ClusterMetrics {
     pub replayed: Counter,
     /// QoS 1/2 publishes refused because the cluster did not acknowledge the store.
     pub store_failures: Counter,
+    /// Stored batches: several QoS 1 publishes of one read to one topic in one message.
+    pub store_batches: Counter,
+    /// QoS 1 publishes that went into a stored batch.
+    pub batched_messages: Counter,
     /// Connections dropped because another hub owns their session now (fencing).
     pub fenced: Counter,
     /// Sessions handed to another hub at its request (takeover across hubs).
@@ -153,6 +157,16 @@ impl Metrics {
                 "cluster_store_failures",
                 "QoS 1/2 publishes refused because JetStream did not acknowledge the store",
                 &cluster.store_failures,
+            ),
+            (
+                "cluster_store_batches",
+                "Stored messages that hold a batch of QoS 1 publishes (one connection, one topic, one read)",
+                &cluster.store_batches,
+            ),
+            (
+                "cluster_batched_messages",
+                "QoS 1 publishes stored as part of a batch",
+                &cluster.batched_messages,
             ),
             (
                 "cluster_fenced",

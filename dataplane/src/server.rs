@@ -321,6 +321,7 @@ async fn run(
         "shutting down: disconnecting clients (MQTT 5 reason 0x8B)"
     );
     shutdown.cancel();
+    broker.wake_all();
     for s in servers {
         let _ = s.await;
     }

@@ -484,7 +484,7 @@ async fn a_connection_task_stays_small() {
     );
     let size = std::mem::size_of_val(&task);
     eprintln!("connection task future: {size} bytes");
-    assert!(size <= 1152, "connection task grew to {size} bytes");
+    assert!(size <= 768, "connection task grew to {size} bytes");
 }
 
 #[tokio::test]

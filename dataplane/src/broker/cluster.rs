@@ -71,7 +71,7 @@ impl Router for Broker {
                 t.resync = true;
                 marked += 1;
             }
-            session.notify.notify_one();
+            session.wake();
         }
         self.metrics.cluster.resyncs.inc();
         info!(
@@ -85,16 +85,13 @@ impl Router for Broker {
             let Some(session) = self.registry.lock().get(client_id.as_str()).cloned() else {
                 return false;
             };
-            let kick = {
+            {
                 let mut control = session.control.lock();
                 if !control.connected {
                     return false;
                 }
                 control.remote_takeover = true;
-                control.kick.clone()
-            };
-            if let Some(kick) = kick {
-                kick.cancel();
+                session.kick(control.generation);
             }
             // The connection holds the state until it has saved the session.
             let released =

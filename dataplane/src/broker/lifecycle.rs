@@ -26,10 +26,20 @@ pub struct Claim {
     pub present: bool,
     /// Identifies this ownership; a later claim bumps it.
     pub generation: u64,
-    /// Cancelled when another connection takes the session over.
-    pub kicked: CancellationToken,
     /// Cluster mode: stored messages to catch up on once the connection runs.
     pub replay: Option<Box<ReplayPlan>>,
+}
+
+impl Claim {
+    /// Resolves once another connection takes the session over (or it is evicted).
+    pub fn kicked(&self) -> impl std::future::Future<Output = ()> + '_ {
+        self.session.kicked(self.generation)
+    }
+
+    /// Whether another connection took the session over.
+    pub fn is_kicked(&self) -> bool {
+        self.session.is_kicked(self.generation)
+    }
 }
 
 /// Why a session could not be claimed.
@@ -53,25 +63,24 @@ impl Broker {
     ) -> Result<Claim, ClaimError> {
         loop {
             let (session, created) = self.lookup_or_create(client_id);
-            let kicked = CancellationToken::new();
-            let (generation, old_kick) = {
+            let (generation, had_owner) = {
                 let mut control = session.control.lock();
                 if control.ended {
                     drop(control);
                     self.forget(&session);
                     continue;
                 }
+                let had_owner = std::mem::replace(&mut control.connected, true);
                 control.generation += 1;
-                control.connected = true;
                 session.set_online(true);
-                (control.generation, control.kick.replace(kicked.clone()))
+                (control.generation, had_owner)
             };
-            if let Some(old) = old_kick {
+            if had_owner {
                 debug!(
                     client_id,
                     "taking over the session from its current connection"
                 );
-                old.cancel();
+                session.kick(generation - 1);
             }
             let lock = tokio::time::timeout(TAKEOVER_TIMEOUT, session.state.clone().lock_owned());
             let Ok(mut state) = lock.await else {
@@ -79,7 +88,6 @@ impl Broker {
                 if control.generation == generation {
                     // Give up the claim: the stuck connection then releases as the owner.
                     control.connected = false;
-                    control.kick = None;
                     session.set_online(false);
                 }
                 return Err(ClaimError::TakeoverTimeout(client_id.to_owned()));
@@ -112,7 +120,6 @@ impl Broker {
                     let mut control = session.control.lock();
                     if control.generation == generation {
                         control.connected = false;
-                        control.kick = None;
                         session.set_online(false);
                     }
                     drop(control);
@@ -140,7 +147,6 @@ impl Broker {
                 state,
                 present,
                 generation,
-                kicked,
                 replay: None,
             };
             if self.is_cluster() {
@@ -154,6 +160,8 @@ impl Broker {
     /// DISCONNECT); `expiry` the session expiry interval in force at the end.
     pub async fn release_session(self: &Arc<Self>, mut claim: Claim, will: Option<Will>) {
         let session = claim.session.clone();
+        // This connection waits for nothing more; the next owner registers its own task.
+        session.forget_owner();
         let expiry = claim.state.expiry_interval;
         claim.state.established = true;
         let (still_owner, remote_takeover) = {
@@ -163,7 +171,6 @@ impl Broker {
             let owner = control.generation == claim.generation || !control.connected;
             if owner {
                 control.connected = false;
-                control.kick = None;
                 session.set_online(false);
             }
             (owner, remote)

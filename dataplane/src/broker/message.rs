@@ -54,14 +54,27 @@ impl Origin {
     }
 }
 
-/// A message's place in the cluster's message streams: shard and stream sequence.
+/// A message's place in the cluster's message streams: shard, stream sequence, and its
+/// index in the stored message when that holds a batch (0 otherwise).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct StreamPos {
     pub shard: u16,
     pub seq: u64,
+    pub idx: u16,
 }
 
 impl Message {
+    /// Whether the message may be stored in one batch with others of its connection and
+    /// topic (cluster mode): only the payload differs inside a batch, so QoS 1 without
+    /// retain flag, properties, expiry or rule.
+    pub fn batchable(&self) -> bool {
+        self.qos == QoS::AtLeastOnce
+            && !self.retain
+            && self.properties.is_none()
+            && self.expires_at.is_none()
+            && self.rule.is_none()
+    }
+
     /// Whether the message expired at `now`.
     pub fn expired(&self, now: Instant) -> bool {
         self.expires_at.is_some_and(|at| at <= now)

@@ -174,6 +174,22 @@ impl Broker {
         self.state.bus.store(message).await
     }
 
+    /// Cluster mode: stores several QoS 1 messages of one connection and topic as one
+    /// (`Message::batchable`); resolves like `publish_stored`.
+    pub async fn publish_stored_batch(
+        &self,
+        messages: Vec<Arc<Message>>,
+    ) -> Result<StoreAck, StateError> {
+        if messages.len() > 1 {
+            self.metrics.cluster.store_batches.inc();
+            self.metrics
+                .cluster
+                .batched_messages
+                .inc_by(messages.len() as u64);
+        }
+        self.state.bus.store_batch(messages).await
+    }
+
     /// Backpressure: a connected subscriber's queue is full of QoS 1/2 messages, so the
     /// publisher (whose connection awaits this, and so stops reading its socket) waits for
     /// room, up to `max_publish_wait`; only then is the delivery dropped and counted.
@@ -208,11 +224,20 @@ impl Broker {
         self.access.replace(inputs);
         let sessions: Vec<Arc<Session>> = self.registry.lock().values().cloned().collect();
         for session in sessions {
-            session.notify.notify_one();
+            session.wake();
         }
     }
 
     /// Stops session timers; called once every connection has ended.
+    /// Wakes every session's connection; called once the hub's shutdown token is cancelled,
+    /// which connections check when woken instead of each waiting on the token.
+    pub fn wake_all(&self) {
+        let sessions: Vec<Arc<Session>> = self.registry.lock().values().cloned().collect();
+        for session in sessions {
+            session.wake();
+        }
+    }
+
     pub async fn shutdown(&self) {
         self.shutdown.cancel();
         self.timers.close();

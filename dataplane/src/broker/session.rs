@@ -7,7 +7,10 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use futures_util::task::AtomicWaker;
 
 use mqttbytes::QoS;
 use parking_lot::Mutex;
@@ -37,8 +40,14 @@ pub struct Session {
     pub client_id: Arc<str>,
     mailbox: Mutex<VecDeque<Delivery>>,
     max_queued: usize,
-    /// Woken when the mailbox goes from empty to non-empty, and on control changes.
-    pub notify: Notify,
+    /// The owning connection's task, woken when the mailbox goes from empty to non-empty,
+    /// on control changes, kicks and hub shutdown. One slot, not a `Notify`: only the owner
+    /// waits, and an idle connection then carries no waiter of its own in its task.
+    waker: AtomicWaker,
+    /// A wake-up the owner has not seen yet (the permit a `Notify` would keep).
+    woken: AtomicBool,
+    /// Every connection of a generation up to this one must leave (takeover, eviction).
+    kicked_upto: AtomicU64,
     /// Woken when the connection takes deliveries out of a full mailbox.
     pub space: Notify,
     /// State owned by the live connection (or parked between connections).
@@ -81,8 +90,6 @@ pub struct Control {
     pub generation: u64,
     /// Whether a connection is attached.
     pub connected: bool,
-    /// Cancelled to make the attached connection leave (takeover, kick).
-    pub kick: Option<CancellationToken>,
     /// Cancels the pending will-delay and session-expiry timers of a disconnected session.
     pub timers: Option<CancellationToken>,
     /// Set once the session has ended; a connection that finds it so must start anew.
@@ -180,7 +187,9 @@ impl Session {
             client_id,
             mailbox: Mutex::new(VecDeque::new()),
             max_queued,
-            notify: Notify::new(),
+            waker: AtomicWaker::new(),
+            woken: AtomicBool::new(false),
+            kicked_upto: AtomicU64::new(0),
             space: Notify::new(),
             state: Arc::new(tokio::sync::Mutex::new(SessionState::default())),
             control: Mutex::new(Control::default()),
@@ -252,9 +261,57 @@ impl Session {
         queue.push_back(delivery);
         drop(queue);
         if was_empty {
-            self.notify.notify_one();
+            self.wake();
         }
         outcome
+    }
+
+    /// Wakes the owning connection (it drains the mailbox and re-checks its state).
+    pub fn wake(&self) {
+        self.woken.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Ready once `wake` was called since the last time this returned ready. Registers the
+    /// calling task as the session's owner.
+    pub fn poll_woken(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.waker.register(cx.waker());
+        if self.woken.swap(false, Ordering::AcqRel) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Makes every connection of `generation` or older leave.
+    pub fn kick(&self, generation: u64) {
+        self.kicked_upto.fetch_max(generation, Ordering::AcqRel);
+        self.wake();
+    }
+
+    /// Whether the connection of `generation` was told to leave.
+    pub fn is_kicked(&self, generation: u64) -> bool {
+        self.kicked_upto.load(Ordering::Acquire) >= generation
+    }
+
+    /// Ready once the connection of `generation` is told to leave.
+    pub fn poll_kicked(&self, generation: u64, cx: &mut Context<'_>) -> Poll<()> {
+        self.waker.register(cx.waker());
+        if self.is_kicked(generation) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Resolves once the connection of `generation` is told to leave.
+    pub fn kicked(&self, generation: u64) -> impl std::future::Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| self.poll_kicked(generation, cx))
+    }
+
+    /// The owner is gone: drop its waker, which would keep its finished task allocated.
+    pub fn forget_owner(&self) {
+        drop(self.waker.take());
     }
 
     /// Moves up to `max` queued deliveries into `out`, stopping early when the next one

@@ -325,6 +325,7 @@ async fn run_client(
     me: mpsc::Sender<Cmd>,
 ) {
     let session = claim.session.clone();
+    let generation = claim.generation;
     let broker = gw.broker.clone();
     let mut observations: Vec<Observation> = Vec::new();
     let mut next_id = 1u32;
@@ -391,7 +392,7 @@ async fn run_client(
                     let _ = reply.send(true);
                 }
             },
-            _ = session.notify.notified() => {}
+            _ = std::future::poll_fn(|cx| session.poll_woken(cx)) => {}
             done = async { match in_flight.as_mut() { Some(f) => f.await, None => std::future::pending().await } } => {
                 in_flight = None;
                 let (id, acked) = done;
@@ -403,7 +404,7 @@ async fn run_client(
                     claim.state.subscriptions.remove(&o.filter);
                 }
             }
-            _ = claim.kicked.cancelled() => break,
+            _ = session.kicked(generation) => break,
             _ = gw.observers.stop.cancelled() => break,
         }
         // Deliveries: QoS 0 at once as NON; QoS 1/2 one CON at a time.

@@ -159,7 +159,7 @@ impl Connection {
         }
         if p.qos == QoS::ExactlyOnce {
             // Publishes whose store is pending are in flight too (cluster mode).
-            let pending = self.stores.as_ref().map_or(0, |s| s.len());
+            let pending = self.stores.as_ref().map_or(0, |s| s.in_flight());
             if self.claim.state.incoming_qos2.len() + pending
                 >= usize::from(self.broker.limits.receive_maximum)
             {
@@ -211,7 +211,7 @@ impl Connection {
         // for that (the message is unacknowledged, so the client sends it again).
         let result = tokio::select! {
             r = self.broker.publish(message) => r,
-            _ = self.claim.kicked.cancelled() => return Err(Exit::TakenOver),
+            _ = self.claim.kicked() => return Err(Exit::TakenOver),
         };
         if let Err(e) = &result {
             debug!(error = %e, "publish not accepted");
@@ -252,7 +252,7 @@ impl Connection {
         loop {
             let result = tokio::select! {
                 r = forwarder.gate(message.clone()) => r,
-                _ = self.claim.kicked.cancelled() => return Err(Exit::TakenOver),
+                _ = self.claim.kicked() => return Err(Exit::TakenOver),
             };
             let Err(reason) = result else {
                 return Ok(true);
@@ -271,64 +271,120 @@ impl Connection {
             }
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                _ = self.claim.kicked.cancelled() => return Err(Exit::TakenOver),
+                _ = self.claim.kicked() => return Err(Exit::TakenOver),
             }
             wait = (wait * 2).min(std::time::Duration::from_secs(5));
         }
     }
 
     /// Cluster mode, QoS 1/2: sends the message to its stream and goes on reading; the
-    /// acknowledgement to the client follows the store's (`on_stored`). At most
-    /// `receive_maximum` stores are pending per connection.
+    /// acknowledgement to the client follows the store's (`on_stored`). Consecutive QoS 1
+    /// publishes of one read to one topic wait in a batch, sent when something else comes
+    /// or the read ends (`process_input`). At most `receive_maximum` stores are pending
+    /// per connection.
     async fn publish_pipelined(
         &mut self,
         message: Arc<Message>,
         qos: QoS,
         pkid: u16,
     ) -> Result<(), Exit> {
+        if message.batchable() {
+            if !self.stores.as_ref().is_none_or(|s| s.fits(&message)) {
+                self.send_batch().await?;
+            }
+            self.stores
+                .get_or_insert_with(Default::default)
+                .add(message, pkid);
+            return Ok(());
+        }
+        // Acknowledgements keep PUBLISH order: what is batched goes first.
+        self.send_batch().await?;
+        self.wait_for_store_room().await?;
+        let sent = tokio::select! {
+            r = self.broker.publish_stored(message) => r,
+            _ = self.claim.kicked() => return Err(Exit::TakenOver),
+        };
+        self.track_store(sent, smallvec::smallvec![pkid], qos);
+        Ok(())
+    }
+
+    /// Sends the batch of QoS 1 publishes built so far, if any.
+    pub(super) async fn send_batch(&mut self) -> Result<(), Exit> {
+        let Some((messages, pkids)) = self.stores.as_mut().and_then(|s| s.take_batch()) else {
+            return Ok(());
+        };
+        self.wait_for_store_room().await?;
+        let sent = tokio::select! {
+            r = self.broker.publish_stored_batch(messages) => r,
+            // Unacknowledged, so the client sends them again.
+            _ = self.claim.kicked() => return Err(Exit::TakenOver),
+        };
+        self.track_store(sent, pkids, QoS::AtLeastOnce);
+        Ok(())
+    }
+
+    /// Waits while `receive_maximum` stores are pending.
+    async fn wait_for_store_room(&mut self) -> Result<(), Exit> {
         let limit = usize::from(self.broker.limits.receive_maximum).max(1);
-        while self.stores.as_ref().is_some_and(|s| s.len() >= limit) {
+        while self.stores.as_ref().is_some_and(|s| s.in_flight() >= limit) {
             let Some(done) = super::next_store(&mut self.stores).await else {
                 break;
             };
             self.on_stored(done).await?;
         }
-        let sent = tokio::select! {
-            r = self.broker.publish_stored(message) => r,
-            _ = self.claim.kicked.cancelled() => return Err(Exit::TakenOver),
-        };
-        match sent {
-            Ok(ack) => {
-                let done = async move { (pkid, qos, ack.await) };
-                self.stores
-                    .get_or_insert_with(Default::default)
-                    .push_back(Box::pin(done));
-            }
-            Err(e) => {
-                debug!(error = %e, "publish not accepted");
-                self.broker.metrics.cluster.store_failures.inc();
-                self.nack_with(qos, pkid, 0x80);
-            }
-        }
         Ok(())
     }
 
-    /// A pipelined store finished: acknowledge the publish (or refuse it).
+    /// Queues the acknowledgement of a sent store, or refuses its publishes at once.
+    fn track_store(
+        &mut self,
+        sent: Result<crate::state::StoreAck, StateError>,
+        pkids: super::stores::PacketIds,
+        qos: QoS,
+    ) {
+        match sent {
+            Ok(ack) => {
+                let done = async move { (pkids, qos, ack.await) };
+                self.stores
+                    .get_or_insert_with(Default::default)
+                    .push(Box::pin(done));
+            }
+            Err(e) => {
+                debug!(error = %e, "publish not accepted");
+                self.broker
+                    .metrics
+                    .cluster
+                    .store_failures
+                    .inc_by(pkids.len() as u64);
+                for pkid in pkids {
+                    self.nack_with(qos, pkid, 0x80);
+                }
+            }
+        }
+    }
+
+    /// A pipelined store finished: acknowledge its publishes (or refuse them).
     pub(super) async fn on_stored(&mut self, done: super::StoreDone) -> Result<(), Exit> {
-        let (pkid, qos, result) = done;
+        let (pkids, qos, result) = done;
         if let Err(e) = &result {
             debug!(error = %e, "publish not stored");
-            self.broker.metrics.cluster.store_failures.inc();
+            self.broker
+                .metrics
+                .cluster
+                .store_failures
+                .inc_by(pkids.len() as u64);
         }
-        match (qos, result) {
-            (QoS::AtMostOnce, _) => {}
-            (QoS::AtLeastOnce, Ok(())) => self.send(Packet::PubAck(PubAck::new(pkid))),
-            (QoS::ExactlyOnce, Ok(())) => {
-                self.claim.state.incoming_qos2.push(pkid);
-                Box::pin(self.save_qos2_state()).await?;
-                self.send(Packet::PubRec(PubRec::new(pkid)));
+        for pkid in pkids {
+            match (qos, &result) {
+                (QoS::AtMostOnce, _) => {}
+                (QoS::AtLeastOnce, Ok(())) => self.send(Packet::PubAck(PubAck::new(pkid))),
+                (QoS::ExactlyOnce, Ok(())) => {
+                    self.claim.state.incoming_qos2.push(pkid);
+                    Box::pin(self.save_qos2_state()).await?;
+                    self.send(Packet::PubRec(PubRec::new(pkid)));
+                }
+                (qos, Err(_)) => self.nack_with(qos, pkid, 0x80),
             }
-            (qos, Err(_)) => self.nack_with(qos, pkid, 0x80),
         }
         Ok(())
     }
@@ -336,7 +392,7 @@ impl Connection {
     /// Waits (bounded) for the pending stores of an ending connection.
     pub(super) async fn settle_stores(&mut self) {
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(6);
-        while self.stores.as_ref().is_some_and(|s| !s.is_empty()) {
+        while self.stores.as_ref().is_some_and(|s| s.in_flight() > 0) {
             let next = tokio::time::timeout_at(deadline, super::next_store(&mut self.stores));
             match next.await {
                 Ok(Some(done)) => {

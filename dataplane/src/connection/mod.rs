@@ -6,11 +6,14 @@ mod access;
 mod handshake;
 mod inbound;
 mod outbound;
+mod stores;
 mod transport;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -278,7 +281,7 @@ pub(crate) struct Connection {
     input_pending: bool,
     /// Cluster mode: QoS 1/2 publishes whose store is not acknowledged yet, in order
     /// (PUBACK/PUBREC go out in the order the PUBLISHes came). Boxed: standalone has none.
-    stores: Option<Box<PendingStores>>,
+    stores: Option<Box<Stores>>,
     /// A QoS 2 PUBLISH is in the write buffer whose packet id is not on record yet.
     qos2_unsaved: bool,
     /// PUBCOMPs of this read ended QoS 2 flows that are still on record.
@@ -294,17 +297,25 @@ pub(crate) struct TopicAliases {
     outbound: HashMap<Arc<str>, u16>,
 }
 
-/// A publish waiting for its store: packet id, QoS and the store's outcome.
-pub(crate) type StoreDone = (u16, mqttbytes::QoS, Result<(), crate::state::StateError>);
-pub(crate) type PendingStores =
-    futures_util::stream::FuturesOrdered<futures_util::future::BoxFuture<'static, StoreDone>>;
+/// What woke a waiting connection.
+enum Event {
+    Kicked,
+    Shutdown,
+    Drain,
+    Read(std::io::Result<usize>),
+    Woken,
+    Stored(StoreDone),
+    Tick,
+    KeepAlive,
+}
+
+use stores::{StoreDone, Stores};
 
 /// The next finished store, or never when there is none.
-async fn next_store(stores: &mut Option<Box<PendingStores>>) -> Option<StoreDone> {
-    use futures_util::StreamExt;
+async fn next_store(stores: &mut Option<Box<Stores>>) -> Option<StoreDone> {
     match stores {
-        Some(s) if !s.is_empty() => s.next().await,
-        _ => std::future::pending().await,
+        Some(s) => std::future::poll_fn(|cx| s.poll_done(cx)).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -334,8 +345,6 @@ impl Connection {
         let keep_alive = Duration::from_millis(u64::from(self.keep_alive) * 1500);
         let keep_alive_timer = tokio::time::sleep(keep_alive.max(Duration::from_secs(1)));
         tokio::pin!(keep_alive_timer);
-        let kicked = self.claim.kicked.clone();
-        let session = self.claim.session.clone();
         loop {
             if !self.write_buf.is_empty() {
                 if std::mem::take(&mut self.qos2_unsaved)
@@ -343,7 +352,7 @@ impl Connection {
                 {
                     return exit;
                 }
-                if let Err(exit) = self.flush(transport, shutdown, &kicked).await {
+                if let Err(exit) = self.flush(transport, shutdown).await {
                     return exit;
                 }
                 if self.input_pending {
@@ -355,10 +364,24 @@ impl Connection {
                     continue;
                 }
             }
-            tokio::select! {
-                biased;
-                _ = kicked.cancelled() => return Exit::TakenOver,
-                _ = shutdown.cancelled(), if drain_at.is_none() => {
+            // A hand-written poll rather than `select!`: every branch of a `select!` keeps
+            // its future (a cancellation waiter, a `Notified`) in every connection's task,
+            // idle ones included. Here the session's one waker slot stands for the mailbox,
+            // kicks and shutdown, and the socket's readiness needs no buffer.
+            let event = std::future::poll_fn(|cx| {
+                self.poll_event(
+                    cx,
+                    transport,
+                    shutdown,
+                    &mut drain_at,
+                    &mut tracking_timer,
+                    keep_alive_timer.as_mut(),
+                )
+            })
+            .await;
+            match event {
+                Event::Kicked => return Exit::TakenOver,
+                Event::Shutdown => {
                     let period = self.broker.limits.drain_period;
                     if period.is_zero() {
                         return self.drain_exit();
@@ -366,44 +389,30 @@ impl Connection {
                     let wait = period.mul_f64(rand::random::<f64>());
                     drain_at = Some(Box::pin(tokio::time::sleep(wait)));
                 }
-                _ = async {
-                    match drain_at.as_mut() {
-                        Some(at) => at.await,
-                        None => std::future::pending().await,
+                Event::Drain => return self.drain_exit(),
+                Event::Read(Ok(0)) => return Exit::Closed,
+                Event::Read(Ok(n)) => {
+                    self.broker.metrics.bytes_received.inc_by(n as u64);
+                    self.last_packet = Instant::now();
+                    if let Err(exit) = Box::pin(self.process_input()).await {
+                        return exit;
                     }
-                }, if drain_at.is_some() => return self.drain_exit(),
-                read = transport.read(&mut self.read_buf) => {
-                    match read {
-                        Ok(0) => return Exit::Closed,
-                        Ok(n) => {
-                            self.broker.metrics.bytes_received.inc_by(n as u64);
-                            self.last_packet = Instant::now();
-                            if let Err(exit) = Box::pin(self.process_input()).await {
-                                return exit;
-                            }
-                            if self.read_buf.is_empty() {
-                                // Idle connections keep no read buffer.
-                                self.read_buf = BytesMut::new();
-                            }
-                        }
-                        Err(e) => {
-                            debug!(error = %e, "read failed");
-                            return Exit::Closed;
-                        }
+                    if self.read_buf.is_empty() {
+                        // Idle connections keep no read buffer.
+                        self.read_buf = BytesMut::new();
                     }
                 }
-                _ = session.notify.notified() => {}
-                Some(done) = next_store(&mut self.stores), if self.stores.as_ref().is_some_and(|s| !s.is_empty()) => {
+                Event::Read(Err(e)) => {
+                    debug!(error = %e, "read failed");
+                    return Exit::Closed;
+                }
+                Event::Woken => {}
+                Event::Stored(done) => {
                     if let Err(exit) = Box::pin(self.on_stored(done)).await {
                         return exit;
                     }
                 }
-                _ = async {
-                    match tracking_timer.as_mut() {
-                        Some(timer) => timer.await,
-                        None => std::future::pending().await,
-                    }
-                }, if tracking_timer.is_some() => {
+                Event::Tick => {
                     if let Some(timer) = tracking_timer.as_mut() {
                         timer.as_mut().reset(Instant::now() + TRACKING_TICK);
                     }
@@ -413,7 +422,7 @@ impl Connection {
                         return exit;
                     }
                 }
-                _ = &mut keep_alive_timer, if self.keep_alive > 0 => {
+                Event::KeepAlive => {
                     let deadline = self.last_packet + keep_alive;
                     if Instant::now() >= deadline {
                         return Exit::KeepAliveTimeout;
@@ -429,6 +438,56 @@ impl Connection {
             }
             self.drain_mailbox();
         }
+    }
+
+    /// What the connection waits for, in priority order (as a biased `select!` would).
+    fn poll_event(
+        &mut self,
+        cx: &mut Context<'_>,
+        transport: &mut Transport,
+        shutdown: &CancellationToken,
+        drain_at: &mut Option<Pin<Box<tokio::time::Sleep>>>,
+        tracking_timer: &mut Option<Pin<Box<tokio::time::Sleep>>>,
+        keep_alive_timer: Pin<&mut tokio::time::Sleep>,
+    ) -> Poll<Event> {
+        // Registers this task as the session's owner: mailbox, kicks and shutdown wake it.
+        if self
+            .claim
+            .session
+            .poll_kicked(self.claim.generation, cx)
+            .is_ready()
+        {
+            return Poll::Ready(Event::Kicked);
+        }
+        let drain_due = match drain_at.as_mut() {
+            // The hub wakes every session once it cancels `shutdown` (`Broker::wake_all`).
+            None if shutdown.is_cancelled() => return Poll::Ready(Event::Shutdown),
+            None => false,
+            Some(at) => at.as_mut().poll(cx).is_ready(),
+        };
+        if drain_due {
+            return Poll::Ready(Event::Drain);
+        }
+        if let Poll::Ready(read) = transport.poll_read(cx, &mut self.read_buf) {
+            return Poll::Ready(Event::Read(read));
+        }
+        if self.claim.session.poll_woken(cx).is_ready() {
+            return Poll::Ready(Event::Woken);
+        }
+        if let Some(stores) = self.stores.as_mut()
+            && let Poll::Ready(Some(done)) = stores.poll_done(cx)
+        {
+            return Poll::Ready(Event::Stored(done));
+        }
+        if let Some(timer) = tracking_timer.as_mut()
+            && timer.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Event::Tick);
+        }
+        if self.keep_alive > 0 && keep_alive_timer.poll(cx).is_ready() {
+            return Poll::Ready(Event::KeepAlive);
+        }
+        Poll::Pending
     }
 
     fn drain_exit(&self) -> Exit {
@@ -458,24 +517,17 @@ impl Connection {
         &mut self,
         transport: &mut Transport,
         shutdown: &CancellationToken,
-        kicked: &CancellationToken,
     ) -> Result<(), Exit> {
-        // A peer that stops reading is dropped after 1.5 × keep-alive (or a minute without
-        // keep-alive), as a peer that stops sending is.
-        let patience = match self.keep_alive {
-            0 => WRITE_TIMEOUT,
-            k => Duration::from_millis(u64::from(k) * 1500),
-        };
-        let immediate_shutdown = self.broker.limits.drain_period.is_zero();
-        let result = tokio::select! {
-            r = transport.write_all(&self.write_buf) => r,
-            _ = kicked.cancelled() => return Err(Exit::TakenOver),
-            // A drain spread over a period lets writes finish; the run loop decides when.
-            _ = shutdown.cancelled(), if immediate_shutdown => return Err(Exit::Shutdown),
-            _ = tokio::time::sleep(patience) => {
-                return Err(Exit::violation(DisconnectReasonCode::KeepAliveTimeout, "client stopped reading"));
-            }
-        };
+        // What the socket takes at once needs no future (and no timer) in the task.
+        let written = transport.write_now(&self.write_buf).map_err(|e| {
+            debug!(error = %e, "write failed");
+            Exit::Closed
+        })?;
+        if written < self.write_buf.len() {
+            // Boxed: the waiting write, its timeout and the kick are large and, on a reading
+            // client, rare.
+            Box::pin(self.flush_wait(transport, shutdown, written)).await?;
+        }
         self.broker
             .metrics
             .bytes_sent
@@ -486,6 +538,33 @@ impl Connection {
         } else {
             self.write_buf.clear();
         }
+        Ok(())
+    }
+
+    /// Writes the rest of the write buffer from `from`, waiting for the socket.
+    async fn flush_wait(
+        &mut self,
+        transport: &mut Transport,
+        shutdown: &CancellationToken,
+        from: usize,
+    ) -> Result<(), Exit> {
+        // A peer that stops reading is dropped after 1.5 × keep-alive (or a minute without
+        // keep-alive), as a peer that stops sending is.
+        let patience = match self.keep_alive {
+            0 => WRITE_TIMEOUT,
+            k => Duration::from_millis(u64::from(k) * 1500),
+        };
+        let immediate_shutdown = self.broker.limits.drain_period.is_zero();
+        let rest = &self.write_buf[from..];
+        let result = tokio::select! {
+            r = transport.write_all(rest) => r,
+            _ = self.claim.kicked() => return Err(Exit::TakenOver),
+            // A drain spread over a period lets writes finish; the run loop decides when.
+            _ = shutdown.cancelled(), if immediate_shutdown => return Err(Exit::Shutdown),
+            _ = tokio::time::sleep(patience) => {
+                return Err(Exit::violation(DisconnectReasonCode::KeepAliveTimeout, "client stopped reading"));
+            }
+        };
         result.map_err(|e| {
             debug!(error = %e, "write failed");
             Exit::Closed
@@ -503,6 +582,13 @@ impl Connection {
 
     /// Decodes and handles every complete packet in the read buffer.
     async fn process_input(&mut self) -> Result<(), Exit> {
+        let result = self.process_packets().await;
+        // The publishes batched during this read go now, whatever ended it.
+        let sent = self.send_batch().await;
+        result.and(sent)
+    }
+
+    async fn process_packets(&mut self) -> Result<(), Exit> {
         self.input_pending = false;
         loop {
             let max = self.broker.limits.max_packet_size;

@@ -40,7 +40,7 @@ impl Connection {
                 if self.write_buf.len() >= FLUSH_AT {
                     // Flush first, then come back for the rest (in order).
                     session.requeue_front(rest.collect());
-                    session.notify.notify_one();
+                    session.wake();
                     stopped = true;
                     break;
                 }

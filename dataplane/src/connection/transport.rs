@@ -2,14 +2,17 @@
 //! TLS) carrying MQTT in binary frames.
 
 use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_util::io::poll_read_buf;
 
 /// Bytes read per wake-up at most; the buffer is allocated only once data is readable, so
 /// an idle connection holds no read buffer.
@@ -58,14 +61,32 @@ impl Transport {
     /// Like `read`, reserving only `chunk` bytes: a CONNECT is small, and a large buffer
     /// per handshake inflates the memory of a connection storm.
     pub async fn read_up_to(&mut self, buf: &mut BytesMut, chunk: usize) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_read_up_to(cx, buf, chunk)).await
+    }
+
+    /// `read` as a poll: a connection waits for input without a future of its own.
+    pub fn poll_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
+        self.poll_read_up_to(cx, buf, READ_CHUNK)
+    }
+
+    fn poll_read_up_to(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+        chunk: usize,
+    ) -> Poll<io::Result<usize>> {
         match self {
             Self::Tcp(stream) => loop {
-                // `poll_read_ready` rather than `readable()`: the same readiness, without the
-                // 150-byte waiter every connection's task would carry while it waits.
-                std::future::poll_fn(|cx| stream.poll_read_ready(cx)).await?;
+                // Readiness first, the buffer only once there is something to read: an idle
+                // connection holds no read buffer.
+                ready!(stream.poll_read_ready(cx))?;
                 buf.reserve(chunk);
                 match stream.try_read_buf(buf) {
-                    Ok(n) => return Ok(n),
+                    Ok(n) => return Poll::Ready(Ok(n)),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         // Readiness was stale (it stays set until a read would block): don't
                         // park an idle connection holding the buffer reserved for nothing.
@@ -74,20 +95,38 @@ impl Transport {
                         }
                         continue;
                     }
-                    Err(e) => return Err(e),
+                    Err(e) => return Poll::Ready(Err(e)),
                 }
             },
             Self::Memory(pipe) => {
                 buf.reserve(chunk);
-                pipe.read_buf(buf).await
+                poll_read_buf(Pin::new(pipe), cx, buf)
             }
             Self::Tls(stream) => {
                 buf.reserve(chunk);
-                stream.read_buf(buf).await
+                poll_read_buf(Pin::new(&mut **stream), cx, buf)
             }
-            Self::WebSocket(ws) => read_ws(ws, buf).await,
-            Self::WebSocketTls(ws) => read_ws(ws, buf).await,
+            Self::WebSocket(ws) => poll_read_ws(ws, cx, buf),
+            Self::WebSocketTls(ws) => poll_read_ws(ws, cx, buf),
         }
+    }
+
+    /// Writes what the socket takes now without waiting (plain TCP only; 0 elsewhere), so
+    /// the usual flush needs no future of its own.
+    pub fn write_now(&mut self, data: &[u8]) -> io::Result<usize> {
+        let Self::Tcp(stream) = self else {
+            return Ok(0);
+        };
+        let mut written = 0;
+        while written < data.len() {
+            match stream.try_write(&data[written..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(written)
     }
 
     /// Writes all of `data`.
@@ -134,29 +173,33 @@ impl Transport {
 }
 
 /// Appends the payload of the next binary frame to `buf`; 0 when the peer closed.
-async fn read_ws<S>(ws: &mut WebSocketStream<S>, buf: &mut BytesMut) -> io::Result<usize>
+fn poll_read_ws<S>(
+    ws: &mut WebSocketStream<S>,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+) -> Poll<io::Result<usize>>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     loop {
-        match ws.next().await {
-            None | Some(Ok(WsMessage::Close(_))) => return Ok(0),
+        match ready!(ws.poll_next_unpin(cx)) {
+            None | Some(Ok(WsMessage::Close(_))) => return Poll::Ready(Ok(0)),
             Some(Ok(WsMessage::Binary(data))) => {
                 if data.is_empty() {
                     continue;
                 }
                 buf.extend_from_slice(&data);
-                return Ok(data.len());
+                return Poll::Ready(Ok(data.len()));
             }
             // Control frames are answered by tungstenite itself.
             Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => {}
             Some(Ok(WsMessage::Text(_))) => {
-                return Err(io::Error::new(
+                return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     "MQTT over WebSocket must use binary frames",
-                ));
+                )));
             }
-            Some(Err(e)) => return Err(io::Error::other(e)),
+            Some(Err(e)) => return Poll::Ready(Err(io::Error::other(e))),
         }
     }
 }

@@ -39,7 +39,11 @@ pub async fn run(
     info!(?addr, ?kind, "listening");
     loop {
         let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
+            _ = shutdown.cancelled() => {
+                // Connections notice the shutdown when woken (see `connection::run`).
+                broker.wake_all();
+                break;
+            }
             a = listener.accept() => a,
         };
         let (stream, peer) = match accepted {

@@ -162,6 +162,20 @@ pub trait MessageBus: Send + Sync {
             Ok(done)
         })
     }
+    /// Stores several messages of one connection and topic as one (see `store`); each must
+    /// be `Message::batchable`. Without a message store, they are published one by one.
+    fn store_batch(
+        &self,
+        messages: Vec<Arc<Message>>,
+    ) -> BoxFuture<'_, Result<StoreAck, StateError>> {
+        Box::pin(async move {
+            for message in messages {
+                self.publish(message).await?;
+            }
+            let done: StoreAck = Box::pin(futures_util::future::ready(Ok(())));
+            Ok(done)
+        })
+    }
     /// The newest position of each message shard (the cursors of a new session).
     fn heads(&self) -> BoxFuture<'_, Result<Vec<u64>, StateError>> {
         Box::pin(futures_util::future::ready(Ok(Vec::new())))

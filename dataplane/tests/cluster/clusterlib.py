@@ -16,6 +16,8 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
+import struct
 import subprocess
 import threading
 import time
@@ -816,3 +818,75 @@ def delivery_report(label: str, acked: list[bytes], received: list[bytes],
     for times, nums in sorted(by_times.items()):
         note(f"  received {times} times: {prefix.decode()}[{ranges(nums)}]")
     return lost, dups
+
+
+# -- raw MQTT 3.1.1 publisher: a whole burst in one write (stored batches) --
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n % 128
+        n //= 128
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _s(text: str) -> bytes:
+    raw = text.encode()
+    return struct.pack(">H", len(raw)) + raw
+
+
+def _packet(first: int, body: bytes) -> bytes:
+    return bytes([first]) + _varint(len(body)) + body
+
+
+def publish_qos1(topic: str, payload: bytes, pkid: int, retain: bool = False) -> bytes:
+    return _packet(0x32 | (1 if retain else 0), _s(topic) + struct.pack(">H", pkid) + payload)
+
+
+class RawPublisher:
+    """MQTT 3.1.1 over a plain socket: writes bursts in one call, reads PUBACKs."""
+
+    def __init__(self, hub, client_id: str):
+        self.sock = socket.create_connection((hub.host, hub.port), timeout=10)
+        body = _s("MQTT") + bytes([4, 0x02]) + struct.pack(">H", 30) + _s(client_id)
+        self.sock.sendall(_packet(0x10, body))
+        self.buf = b""
+        kind, ack = self.read_packet()
+        assert kind == 0x20 and ack[1] == 0, f"CONNACK {kind:#x} {ack!r}"
+
+    def read_packet(self) -> tuple[int, bytes]:
+        while True:
+            if len(self.buf) >= 2:
+                n, mult, i = 0, 1, 1
+                while i < len(self.buf):
+                    b = self.buf[i]
+                    n += (b & 0x7F) * mult
+                    mult *= 128
+                    i += 1
+                    if not b & 0x80:
+                        break
+                else:
+                    i = None
+                if i is not None and len(self.buf) >= i + n:
+                    kind, body = self.buf[0] & 0xF0, self.buf[i:i + n]
+                    self.buf = self.buf[i + n:]
+                    return kind, body
+            chunk = self.sock.recv(65536)
+            assert chunk, "hub closed the connection"
+            self.buf += chunk
+
+    def pubacks(self, n: int) -> list[int]:
+        ids = []
+        while len(ids) < n:
+            kind, body = self.read_packet()
+            assert kind == 0x40, f"expected PUBACK, got {kind:#x}"
+            ids.append(struct.unpack(">H", body[:2])[0])
+        return ids
+
+    def close(self) -> None:
+        try:
+            self.sock.sendall(b"\xe0\x00")
+        finally:
+            self.sock.close()

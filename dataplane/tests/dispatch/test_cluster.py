@@ -8,7 +8,7 @@ import json
 import threading
 import time
 
-from clusterlib import Mqtt, note, uid, wait_for
+from clusterlib import Mqtt, RawPublisher, note, publish_qos1, uid, wait_for
 from dispatchlib import rule_doc
 from natsserver import HOST, free_port
 
@@ -38,6 +38,27 @@ def test_rows_reach_kafka_from_two_hubs_and_qos0_too(cluster, kafka):
     for key in (b"dev-a", b"dev-b"):
         mine = [n for n, r in zip(numbers(records), records) if r.key == key and n < 100]
         assert mine == sorted(mine)
+
+
+def test_a_stored_batch_reaches_kafka_message_by_message(cluster, kafka):
+    """A burst of QoS 1 publishes in one write is stored as batches (several MQTT messages
+    in one stream message); the dispatcher forwards each of them once, in order."""
+    topic = f"batch.{uid('t')}"
+    env = cluster(hubs=1, dispatchers=1, rules=[kafka_rule("r", kafka.bootstrap, topic)])
+    total = 300
+    pub = RawPublisher(env.hubs[0], "dev-burst")
+    pub.sock.sendall(b"".join(
+        publish_qos1("data/x", json.dumps({"n": n}).encode(), n + 1) for n in range(total)))
+    assert pub.pubacks(total) == list(range(1, total + 1))
+    pub.close()
+    records = kafka.consume(topic, count=total, timeout=60)
+    assert numbers(records) == list(range(total)), \
+        f"Kafka got {len(records)} records, first {numbers(records)[:10]}"
+    assert {r.key for r in records} == {b"dev-burst"}
+    metrics = env.hubs[0].metrics()
+    batches = [ln for ln in metrics.splitlines()
+               if ln.startswith("cmq_hub_cluster_store_batches_total ")]
+    assert batches and float(batches[0].split()[1]) >= 1, f"no stored batch: {batches}"
 
 
 def test_no_acknowledged_message_lost_when_a_dispatcher_dies_and_kafka_restarts(cluster, kafka):

@@ -150,28 +150,46 @@ async fn take_stored(
     let seq = info.stream_sequence;
     let timestamp_ms =
         i64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
-    ctx.engine.metrics().received.inc();
     let topic = m
         .subject
         .as_str()
         .strip_prefix(prefix)
         .and_then(|s| subject_to_topic(s).ok());
     let decoded = topic.and_then(|topic| {
-        codec::decode(
+        codec::decode_all(
             Arc::from(topic),
             m.headers.as_ref(),
             m.payload.clone(),
-            Some(StreamPos { shard, seq }),
+            Some(StreamPos { shard, seq, idx: 0 }),
         )
     });
-    let Some(decoded) = decoded else {
-        // Expired or not a message subject: nothing to forward.
+    let Some((messages, _)) = decoded else {
+        // Expired, not a message subject or a malformed batch: nothing to forward.
+        ctx.engine.metrics().received.inc();
         let _ = m.ack().await;
         return None;
     };
-    let id = format!("{}-{shard}-{seq}", ctx.cluster);
-    let env = envelope(decoded, id, timestamp_ms);
-    let rest = ctx.engine.submit(&env, Which::Async).await;
+    // A batch (several MQTT messages in one stored message) is acknowledged once every
+    // message of it went through the rules.
+    let mut rests = Vec::new();
+    for message in messages {
+        ctx.engine.metrics().received.inc();
+        let id = match message.stored.map(|p| p.idx) {
+            Some(idx) if idx > 0 => format!("{}-{shard}-{seq}.{idx}", ctx.cluster),
+            _ => format!("{}-{shard}-{seq}", ctx.cluster),
+        };
+        let env = envelope(codec::Decoded { message, hub: None }, id, timestamp_ms);
+        if let Some(rest) = ctx.engine.submit(&env, Which::Async).await {
+            rests.push(rest);
+        }
+    }
+    let rest: Option<BoxFuture<'static, ()>> = match rests.len() {
+        0 => None,
+        1 => rests.pop(),
+        _ => Some(Box::pin(async move {
+            futures_util::future::join_all(rests).await;
+        })),
+    };
     Some(Box::pin(async move {
         if let Some(rest) = rest {
             finish_with_progress(rest, &m).await;

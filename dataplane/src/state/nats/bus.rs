@@ -120,6 +120,40 @@ impl MessageBus for NatsState {
         })
     }
 
+    fn store_batch(
+        &self,
+        messages: Vec<Arc<Message>>,
+    ) -> BoxFuture<'_, Result<StoreAck, StateError>> {
+        Box::pin(async move {
+            let first = match messages.as_slice() {
+                [] => {
+                    let done: StoreAck = Box::pin(futures_util::future::ready(Ok(())));
+                    return Ok(done);
+                }
+                [one] => return self.store(one.clone()).await,
+                [first, ..] => first,
+            };
+            let shard = shard_of(&first.topic, self.config.shards);
+            let subject = self.names.stored(shard, &first.topic);
+            let (headers, payload) = codec::encode_batch(&messages, self.names.hub());
+            let publish = async_nats::jetstream::message::PublishMessage::build()
+                .payload(payload)
+                .headers(headers);
+            let ack = self
+                .js
+                .send_publish(subject, publish)
+                .await
+                .map_err(|e| unavailable("storing a message", e))?;
+            let done: StoreAck = Box::pin(async move {
+                ack.await.map(|_| ()).map_err(|e| match e.kind() {
+                    PublishErrorKind::TimedOut => unavailable("storing a message", "timed out"),
+                    _ => unavailable("storing a message", e),
+                })
+            });
+            Ok(done)
+        })
+    }
+
     fn interest(&self, filter: &str, subscribed: bool) {
         let mut filters = self.bus.filters.lock();
         if subscribed {
@@ -190,6 +224,7 @@ impl MessageBus for NatsState {
             let Some(stream) = self.msgs.get(usize::from(pos.shard)) else {
                 return Ok(None);
             };
+            let stored = StreamPos { idx: 0, ..pos };
             let message = match stream.direct_get(pos.seq).await {
                 Ok(m) => m,
                 Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => return Ok(None),
@@ -198,13 +233,13 @@ impl MessageBus for NatsState {
             let Some(topic) = self.topic_of_stored(pos.shard, message.subject.as_str()) else {
                 return Ok(None);
             };
-            Ok(codec::decode(
+            let all = codec::decode_all(
                 Arc::from(topic),
                 Some(&message.headers),
                 message.payload,
-                Some(pos),
-            )
-            .map(|d| d.message))
+                Some(stored),
+            );
+            Ok(all.and_then(|(messages, _)| messages.into_iter().find(|m| m.stored == Some(pos))))
         })
     }
 
@@ -263,14 +298,15 @@ impl MessageBus for NatsState {
                 if !filters.iter().any(|f| matches(f, &topic)) {
                     continue; // a '$' topic under a leading wildcard
                 }
-                let stored = Some(StreamPos { shard, seq });
-                if let Some(decoded) = codec::decode(
+                let stored = Some(StreamPos { shard, seq, idx: 0 });
+                if let Some((messages, _)) = codec::decode_all(
                     Arc::from(topic),
                     Some(&message.headers),
                     message.payload,
                     stored,
                 ) {
-                    out.push(decoded.message);
+                    // A batch is taken whole: `limit` may be passed by its size.
+                    out.extend(messages);
                 }
             }
             Ok(out)
@@ -314,8 +350,8 @@ impl NatsState {
             .as_ref()
             .and_then(|h| h.get(async_nats::header::NATS_SEQUENCE))
             .and_then(|v| v.as_str().parse().ok())
-            .map(|seq| StreamPos { shard, seq });
-        let Some(decoded) = codec::decode(
+            .map(|seq| StreamPos { shard, seq, idx: 0 });
+        let Some((messages, hub)) = codec::decode_all(
             Arc::from(topic),
             message.headers.as_ref(),
             message.payload,
@@ -344,11 +380,13 @@ impl NatsState {
         }
         // A hub delivers its own QoS 0 publishes itself (direct subscriptions only: a
         // shared group's member is chosen by NATS, possibly here).
-        if stored.is_none() && !shared && decoded.hub.as_deref() == Some(self.names.hub()) {
+        if stored.is_none() && !shared && hub.as_deref() == Some(self.names.hub()) {
             return;
         }
         if let Some(router) = self.router() {
-            router.route_remote(filter.clone(), decoded.message).await;
+            for message in messages {
+                router.route_remote(filter.clone(), message).await;
+            }
         }
     }
 }

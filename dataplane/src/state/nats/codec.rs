@@ -12,6 +12,11 @@
 //! | `Cmq-Props` | MQTT 5 properties as JSON, non-ASCII escaped (`\uXXXX`) |
 //! | `Cmq-User` | publishing client's username, escaped like the client id (rule engine) |
 //! | `Cmq-Rule` | the ForwardRule that republished the message (loop guard) |
+//! | `Cmq-Batch` | n ≥ 2: the payload holds n messages, each a u32 (big endian) length and the bytes |
+//!
+//! A batch is several QoS 1 messages of one connection to one topic that arrived together
+//! and share every header (no retain flag, properties or expiry): one stored message, one
+//! JetStream acknowledgement and one republish for all of them.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -32,6 +37,7 @@ const EXPIRES: &str = "Cmq-Expires";
 const PROPS: &str = "Cmq-Props";
 const USER: &str = "Cmq-User";
 const RULE: &str = "Cmq-Rule";
+const BATCH: &str = "Cmq-Batch";
 
 /// MQTT 5 properties carried with a message.
 #[derive(Serialize, Deserialize, Default)]
@@ -94,6 +100,89 @@ pub fn encode(message: &Message, hub: &str) -> HeaderMap {
         }
     }
     headers
+}
+
+/// Headers and payload of one stored message holding `messages` (at least two, all
+/// `Message::batchable`, of one topic and origin).
+pub fn encode_batch(messages: &[Arc<Message>], hub: &str) -> (HeaderMap, Bytes) {
+    let mut headers = match messages.first() {
+        Some(first) => encode(first, hub),
+        None => HeaderMap::new(),
+    };
+    headers.insert(BATCH, messages.len().to_string().as_str());
+    let size = messages.iter().map(|m| 4 + m.payload.len()).sum();
+    let mut payload = bytes::BytesMut::with_capacity(size);
+    for m in messages {
+        // Payloads are bounded by the packet size limit (< 4 GiB).
+        payload.extend_from_slice(&(m.payload.len() as u32).to_be_bytes());
+        payload.extend_from_slice(&m.payload);
+    }
+    (headers, payload.freeze())
+}
+
+/// The messages of one NATS message (one, or a batch's).
+pub type Messages = smallvec::SmallVec<[Arc<Message>; 1]>;
+
+/// Every message in one stored or live NATS message: itself, or the messages of a batch
+/// (at positions `idx` 1..=n of `stored`). `None` when expired or a batch is malformed.
+pub fn decode_all(
+    topic: Arc<str>,
+    headers: Option<&HeaderMap>,
+    payload: Bytes,
+    stored: Option<StreamPos>,
+) -> Option<(Messages, Option<String>)> {
+    let count = headers
+        .and_then(|h| h.get(BATCH))
+        .and_then(|v| v.as_str().parse::<usize>().ok());
+    let Some(count) = count else {
+        let d = decode(topic, headers, payload, stored)?;
+        return Some((smallvec::smallvec![d.message], d.hub));
+    };
+    let parts = split_batch(&payload, count)?;
+    let first = decode(topic, headers, Bytes::new(), stored)?;
+    let m = &first.message;
+    let messages = parts
+        .into_iter()
+        .enumerate()
+        .map(|(i, part)| {
+            Arc::new(Message {
+                topic: m.topic.clone(),
+                payload: part,
+                qos: m.qos,
+                retain: m.retain,
+                properties: m.properties.clone(),
+                expires_at: m.expires_at,
+                origin: m.origin.clone(),
+                // Index 0 is a stored message that is not a batch.
+                stored: m.stored.map(|p| StreamPos {
+                    idx: u16::try_from(i + 1).unwrap_or(u16::MAX),
+                    ..p
+                }),
+                rule: m.rule.clone(),
+            })
+        })
+        .collect();
+    Some((messages, first.hub))
+}
+
+/// The `count` payloads of a batch, sharing its buffer; `None` when the lengths do not
+/// add up (a batch only this code writes, so that is a bug or a foreign publisher).
+fn split_batch(payload: &Bytes, count: usize) -> Option<Vec<Bytes>> {
+    // Positions number a batch's messages 1..=n in a u16.
+    if count == 0 || count >= usize::from(u16::MAX) {
+        return None;
+    }
+    let mut parts = Vec::with_capacity(count);
+    let mut at = 0usize;
+    for _ in 0..count {
+        let len = payload.get(at..at + 4)?;
+        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        let start = at + 4;
+        let end = start.checked_add(len).filter(|&e| e <= payload.len())?;
+        parts.push(payload.slice(start..end));
+        at = end;
+    }
+    (at == payload.len()).then_some(parts)
 }
 
 /// What a hub needs besides the message itself.
@@ -295,6 +384,72 @@ mod tests {
         assert_eq!(d.message.properties, message.properties);
         let left = d.message.remaining_expiry(Instant::now()).unwrap();
         assert!((59..=60).contains(&left));
+    }
+
+    #[test]
+    fn batches_split_into_their_messages_with_positions() {
+        let m = |p: &'static [u8]| {
+            Arc::new(Message {
+                topic: Arc::from("t/1"),
+                payload: Bytes::from_static(p),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                properties: None,
+                expires_at: None,
+                origin: Some(crate::broker::message::Origin {
+                    session: 3,
+                    client_id: Arc::from("pub"),
+                    username: None,
+                }),
+                stored: None,
+                rule: None,
+            })
+        };
+        let batch = [m(b"one"), m(b""), m(b"three")];
+        assert!(batch.iter().all(|x| x.batchable()));
+        let (headers, payload) = encode_batch(&batch, "h1");
+        let pos = StreamPos {
+            shard: 2,
+            seq: 40,
+            idx: 0,
+        };
+        let (messages, hub) =
+            decode_all(Arc::from("t/1"), Some(&headers), payload.clone(), Some(pos)).unwrap();
+        assert_eq!(hub.as_deref(), Some("h1"));
+        let got: Vec<_> = messages
+            .iter()
+            .map(|x| (x.payload.clone(), x.stored.map(|p| p.idx)))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (Bytes::from_static(b"one"), Some(1)),
+                (Bytes::new(), Some(2)),
+                (Bytes::from_static(b"three"), Some(3)),
+            ]
+        );
+        assert!(messages.iter().all(|x| x.qos == QoS::AtLeastOnce
+            && x.origin.as_ref().map(|o| &*o.client_id) == Some("pub")));
+        // A batch whose lengths do not add up is refused, not misread.
+        let cut = payload.slice(..payload.len() - 1);
+        assert!(decode_all(Arc::from("t/1"), Some(&headers), cut, Some(pos)).is_none());
+        let mut two = headers.clone();
+        two.insert(BATCH, "2");
+        assert!(decode_all(Arc::from("t/1"), Some(&two), payload, Some(pos)).is_none());
+        // Plain messages decode as one, at index 0.
+        let plain = encode(&batch[0], "h1");
+        let (one, _) = decode_all(
+            Arc::from("t/1"),
+            Some(&plain),
+            Bytes::from_static(b"x"),
+            Some(pos),
+        )
+        .unwrap();
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].stored, Some(pos));
+        let mut retained = Arc::try_unwrap(m(b"x")).unwrap();
+        retained.retain = true;
+        assert!(!retained.batchable());
     }
 
     #[test]

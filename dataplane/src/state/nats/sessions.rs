@@ -65,6 +65,9 @@ struct Stored {
     cursors: Vec<u64>,
     #[serde(default)]
     delivered: Vec<(u16, u64)>,
+    /// Delivered messages inside stored batches: shard, sequence, index.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    din: Vec<(u16, u64, u16)>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     q2in: Vec<u16>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -78,6 +81,13 @@ struct StoredOut {
     p: u16,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     m: Option<(u16, u64, u8, bool)>,
+    /// The message's index in a stored batch.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    i: u16,
+}
+
+fn is_zero(i: &u16) -> bool {
+    *i == 0
 }
 
 #[derive(Serialize, Deserialize)]
@@ -115,7 +125,18 @@ impl Stored {
                 })
                 .collect(),
             cursors: record.cursors.clone(),
-            delivered: record.delivered.iter().map(|p| (p.shard, p.seq)).collect(),
+            delivered: record
+                .delivered
+                .iter()
+                .filter(|p| p.idx == 0)
+                .map(|p| (p.shard, p.seq))
+                .collect(),
+            din: record
+                .delivered
+                .iter()
+                .filter(|p| p.idx != 0)
+                .map(|p| (p.shard, p.seq, p.idx))
+                .collect(),
             q2in: record.incoming_qos2.clone(),
             out: record
                 .outgoing
@@ -129,8 +150,13 @@ impl Stored {
                     } => StoredOut {
                         p: pkid,
                         m: Some((pos.shard, pos.seq, qos as u8, retain)),
+                        i: pos.idx,
                     },
-                    OutgoingRecord::Released { pkid } => StoredOut { p: pkid, m: None },
+                    OutgoingRecord::Released { pkid } => StoredOut {
+                        p: pkid,
+                        m: None,
+                        i: 0,
+                    },
                 })
                 .collect(),
         }
@@ -165,7 +191,12 @@ impl Stored {
             delivered: self
                 .delivered
                 .iter()
-                .map(|&(shard, seq)| StreamPos { shard, seq })
+                .map(|&(shard, seq)| StreamPos { shard, seq, idx: 0 })
+                .chain(
+                    self.din
+                        .iter()
+                        .map(|&(shard, seq, idx)| StreamPos { shard, seq, idx }),
+                )
                 .collect(),
             connected: self.owner.is_some(),
             incoming_qos2: self.q2in.clone(),
@@ -175,7 +206,11 @@ impl Stored {
                 .map(|o| match o.m {
                     Some((shard, seq, qos, retain)) => OutgoingRecord::Published {
                         pkid: o.p,
-                        pos: StreamPos { shard, seq },
+                        pos: StreamPos {
+                            shard,
+                            seq,
+                            idx: o.i,
+                        },
                         qos: if qos == 2 {
                             QoS::ExactlyOnce
                         } else {
