@@ -846,11 +846,13 @@ def publish_qos1(topic: str, payload: bytes, pkid: int, retain: bool = False) ->
 
 
 class RawPublisher:
-    """MQTT 3.1.1 over a plain socket: writes bursts in one call, reads PUBACKs."""
+    """MQTT 3.1.1 over a plain socket: writes bursts in one call, reads PUBACKs; as a
+    subscriber it reads PUBLISHes and acknowledges none of them."""
 
-    def __init__(self, hub, client_id: str):
+    def __init__(self, hub, client_id: str, clean: bool = True):
         self.sock = socket.create_connection((hub.host, hub.port), timeout=10)
-        body = _s("MQTT") + bytes([4, 0x02]) + struct.pack(">H", 30) + _s(client_id)
+        flags = 0x02 if clean else 0x00
+        body = _s("MQTT") + bytes([4, flags]) + struct.pack(">H", 30) + _s(client_id)
         self.sock.sendall(_packet(0x10, body))
         self.buf = b""
         kind, ack = self.read_packet()
@@ -884,6 +886,27 @@ class RawPublisher:
             assert kind == 0x40, f"expected PUBACK, got {kind:#x}"
             ids.append(struct.unpack(">H", body[:2])[0])
         return ids
+
+    def subscribe(self, topic_filter: str, qos: int = 1) -> None:
+        self.sock.sendall(_packet(0x82, struct.pack(">H", 1) + _s(topic_filter) + bytes([qos])))
+        kind, body = self.read_packet()
+        assert kind == 0x90 and body[2] == qos, f"SUBACK {kind:#x} {body!r}"
+
+    def publishes(self, n: int) -> list[tuple[str, bytes, int, bool]]:
+        """The next `n` PUBLISHes (QoS 1): topic, payload, packet id, DUP. Not acknowledged."""
+        out = []
+        while len(out) < n:
+            kind, body = self.read_packet()
+            assert kind == 0x30, f"expected PUBLISH, got {kind:#x}"
+            tlen = struct.unpack(">H", body[:2])[0]
+            topic = body[2:2 + tlen].decode()
+            pkid = struct.unpack(">H", body[2 + tlen:4 + tlen])[0]
+            out.append((topic, body[4 + tlen:], pkid, False))
+        return out
+
+    def drop(self) -> None:
+        """Closes the socket without DISCONNECT."""
+        self.sock.close()
 
     def close(self) -> None:
         try:

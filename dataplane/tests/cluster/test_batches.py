@@ -118,3 +118,39 @@ def test_sessions_resume_inside_batches_on_the_other_hub(cluster):
                                  [b"m-%d" % i for i in range(2 * n)],
                                  "session offline during both bursts")
     assert wait_for(lambda: counter(h1, "cmq_hub_cluster_store_batches_total") >= 2, 5)
+
+
+def test_unacknowledged_messages_of_a_batch_are_sent_again_after_a_move(cluster):
+    """A subscriber that acknowledges nothing holds a window of messages from stored
+    batches in flight; when its session resumes on the other hub those are fetched again
+    by their position inside the batch and resent, then the rest follows: every message
+    once, in order."""
+    h1, h2 = cluster(2)
+    prefix = uid("f")
+    cid = uid("noack")
+    sub = RawPublisher(h2, cid, clean=False)
+    sub.subscribe(f"{prefix}/x")
+    probe = Mqtt(h1).connect()
+    watcher = Mqtt(h2).connect()
+    watcher.subscribe(f"{prefix}/x", qos=1)
+    assert await_route(probe, [watcher], f"{prefix}/x")
+
+    n = 300
+    pub = RawPublisher(h1, uid("raw"))
+    pub.sock.sendall(b"".join(publish_qos1(f"{prefix}/x", b"m-%d" % i, i + 1) for i in range(n)))
+    assert pub.pubacks(n) == list(range(1, n + 1))
+    pub.close()
+    # The probes came first; then the hub's window (receive maximum 128) of the burst.
+    got = [p for _, p, _, _ in sub.publishes(100) if p.startswith(b"m-")]
+    assert got and got == [b"m-%d" % i for i in range(len(got))], got[:5]
+    sub.drop()
+
+    back = Mqtt(h1, client_id=cid, version=4, clean=False).connect()
+    assert back.session_present
+    back.wait_count(n, 20, prefix=b"m-")
+    assert wait_quiet([back], 1.5, 15)
+    assert_exactly_once_in_order(back.payloads(prefix=b"m-"),
+                                 [b"m-%d" % i for i in range(n)],
+                                 "session moved with a window in flight")
+    resent = [m for m in back.get(prefix=b"m-") if m.dup]
+    assert resent, "nothing was resent with DUP: the window was not in flight"
