@@ -18,6 +18,7 @@ use super::session::{Queued, Session, Stage, Tracking};
 use super::subscriptions::Blocked;
 use super::will::Will;
 use crate::state::nats::Router;
+use crate::state::nats::codec::Messages;
 use crate::state::{OutgoingRecord, SessionRecord, StateError};
 
 /// Stored messages fetched per replay request.
@@ -40,15 +41,21 @@ impl Router for Broker {
         self.connection_count()
     }
 
-    fn route_remote(&self, filter: Arc<str>, message: Arc<Message>) -> BoxFuture<'_, ()> {
+    fn route_remote(&self, filter: Arc<str>, messages: Messages) -> BoxFuture<'_, ()> {
         Box::pin(async move {
+            // Every message of a batch is queued (or handed back) before any waiting for
+            // room: a session never holds part of a batch while the rest waits on another
+            // session's full queue, which would let its cursor pass the batch's sequence.
             let mut blocked = Blocked::new();
-            match parse_shared(&filter) {
-                Ok(Some(shared)) => {
-                    self.route_shared_group(&message, shared.filter, shared.group, &mut blocked);
-                }
-                _ => {
-                    self.route_direct(&message, Some(&filter), &mut blocked);
+            let shared = parse_shared(&filter).ok().flatten();
+            for message in &messages {
+                match &shared {
+                    Some(shared) => {
+                        self.route_shared_group(message, shared.filter, shared.group, &mut blocked);
+                    }
+                    None => {
+                        self.route_direct(message, Some(&filter), &mut blocked);
+                    }
                 }
             }
             for (session, delivery) in blocked {

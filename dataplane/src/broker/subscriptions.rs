@@ -256,6 +256,11 @@ impl Broker {
             retain: options.retain_as_published && message.retain,
             subscription_ids,
         };
+        if blocked.iter().any(|(s, _)| Arc::ptr_eq(s, &sub.session)) {
+            // An earlier message waits for room in this session's queue: keep the order.
+            blocked.push((sub.session.clone(), delivery));
+            return 1;
+        }
         match sub.session.push(delivery) {
             Queued::Yes => 1,
             Queued::EvictedQos0 => {

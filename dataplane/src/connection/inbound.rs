@@ -122,6 +122,7 @@ impl Connection {
                     format!("{e}: {topic:?}"),
                 ));
             }
+            self.in_order().await?;
             self.nack(&p, 0x90);
             return Ok(());
         }
@@ -136,11 +137,13 @@ impl Connection {
                     "payload is not UTF-8",
                 ));
             }
+            self.in_order().await?;
             self.nack_with(p.qos, p.pkid, 0x99);
             return Ok(());
         }
         if p.qos == QoS::ExactlyOnce && self.claim.state.incoming_qos2.contains(&p.pkid) {
             // A resend of a message already accepted: acknowledge, don't publish twice.
+            self.in_order().await?;
             self.send(Packet::PubRec(PubRec::new(p.pkid)));
             return Ok(());
         }
@@ -154,6 +157,7 @@ impl Connection {
             }
             // MQTT 5 gets 0x87; 3.1.1 has no reason codes, so its client sees a plain
             // acknowledgement (and does not resend forever) while the message is dropped.
+            self.in_order().await?;
             self.nack_with(p.qos, p.pkid, 0x87);
             return Ok(());
         }
@@ -247,6 +251,8 @@ impl Connection {
         if !forwarder.gates(&message.topic) {
             return Ok(true);
         }
+        // The gate may take a while: what is batched must not wait for it.
+        self.send_batch().await?;
         let mut wait = std::time::Duration::from_millis(100);
         let give_up = Instant::now() + SYNC_WAIT_311;
         loop {
@@ -259,6 +265,7 @@ impl Connection {
             };
             debug!(topic = %message.topic, reason, "a sync rule cannot take the message");
             if self.version.is_v5() {
+                self.in_order().await?;
                 self.nack_with(qos, pkid, 0x97);
                 return Ok(false);
             }
@@ -323,6 +330,20 @@ impl Connection {
         Ok(())
     }
 
+    /// Sends what is batched and waits for every pending store, so that an acknowledgement
+    /// sent right away follows those of earlier publishes (MQTT 4.6: in PUBLISH order).
+    /// Only the rare refusals take this path.
+    async fn in_order(&mut self) -> Result<(), Exit> {
+        self.send_batch().await?;
+        while self.stores.as_ref().is_some_and(|s| s.in_flight() > 0) {
+            let Some(done) = super::next_store(&mut self.stores).await else {
+                break;
+            };
+            self.on_stored(done).await?;
+        }
+        Ok(())
+    }
+
     /// Waits while `receive_maximum` stores are pending.
     async fn wait_for_store_room(&mut self) -> Result<(), Exit> {
         let limit = usize::from(self.broker.limits.receive_maximum).max(1);
@@ -351,14 +372,11 @@ impl Connection {
             }
             Err(e) => {
                 debug!(error = %e, "publish not accepted");
-                self.broker
-                    .metrics
-                    .cluster
-                    .store_failures
-                    .inc_by(pkids.len() as u64);
-                for pkid in pkids {
-                    self.nack_with(qos, pkid, 0x80);
-                }
+                // Refused in turn, after the stores before it (`on_stored` counts it).
+                let done = futures_util::future::ready((pkids, qos, Err(e)));
+                self.stores
+                    .get_or_insert_with(Default::default)
+                    .push(Box::pin(done));
             }
         }
     }

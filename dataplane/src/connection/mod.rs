@@ -110,6 +110,9 @@ impl Exit {
 ///
 /// Not an `async fn`: its arguments would be kept in the task next to the connection's own
 /// copies. Every connection is one task of this future's size, idle ones included.
+///
+/// A waiting connection notices `shutdown` only when woken: whoever cancels it must then
+/// call `Broker::wake_all` (the listeners and the server do).
 pub fn serve(
     broker: Arc<Broker>,
     transport: Transport,
@@ -205,6 +208,7 @@ async fn open<'a>(
         stores: None,
         qos2_unsaved: false,
         qos2_completed: false,
+        output_abandoned: false,
     };
     Some((conn, slot))
 }
@@ -286,6 +290,8 @@ pub(crate) struct Connection {
     qos2_unsaved: bool,
     /// PUBCOMPs of this read ended QoS 2 flows that are still on record.
     qos2_completed: bool,
+    /// A write stopped part-way: the stream may end inside a packet (see `abandon_output`).
+    output_abandoned: bool,
 }
 
 /// MQTT 5 topic aliases of one connection.
@@ -295,6 +301,28 @@ pub(crate) struct TopicAliases {
     inbound: HashMap<u16, Arc<str>>,
     /// Set up by the hub towards the client (topic → alias).
     outbound: HashMap<Arc<str>, u16>,
+}
+
+/// Writes `buf` out, consuming it as the socket takes it (on plain TCP; elsewhere at once
+/// when done). A failed write is `Exit::Closed`.
+async fn write_rest(transport: &mut Transport, buf: &mut BytesMut) -> Result<(), Exit> {
+    let failed = |e: std::io::Error| {
+        debug!(error = %e, "write failed");
+        Exit::Closed
+    };
+    if !transport.is_tcp() {
+        transport.write_all(buf).await.map_err(failed)?;
+        buf.clear();
+        return Ok(());
+    }
+    while !buf.is_empty() {
+        let n = transport.write_some(buf).await.map_err(failed)?;
+        if n == 0 {
+            return Err(failed(std::io::ErrorKind::WriteZero.into()));
+        }
+        bytes::Buf::advance(buf, n);
+    }
+    Ok(())
 }
 
 /// What woke a waiting connection.
@@ -518,20 +546,23 @@ impl Connection {
         transport: &mut Transport,
         shutdown: &CancellationToken,
     ) -> Result<(), Exit> {
+        let total = self.write_buf.len();
         // What the socket takes at once needs no future (and no timer) in the task.
-        let written = transport.write_now(&self.write_buf).map_err(|e| {
-            debug!(error = %e, "write failed");
-            Exit::Closed
-        })?;
-        if written < self.write_buf.len() {
+        let written = match transport.write_now(&self.write_buf) {
+            Ok(n) => n,
+            Err(e) => {
+                debug!(error = %e, "write failed");
+                self.abandon_output();
+                return Err(Exit::Closed);
+            }
+        };
+        if written < total {
+            bytes::Buf::advance(&mut self.write_buf, written);
             // Boxed: the waiting write, its timeout and the kick are large and, on a reading
             // client, rare.
-            Box::pin(self.flush_wait(transport, shutdown, written)).await?;
+            Box::pin(self.flush_wait(transport, shutdown)).await?;
         }
-        self.broker
-            .metrics
-            .bytes_sent
-            .inc_by(self.write_buf.len() as u64);
+        self.broker.metrics.bytes_sent.inc_by(total as u64);
         self.flush_delivery_metrics();
         if self.write_buf.capacity() > 4 * FLUSH_AT {
             self.write_buf = BytesMut::new();
@@ -541,12 +572,18 @@ impl Connection {
         Ok(())
     }
 
-    /// Writes the rest of the write buffer from `from`, waiting for the socket.
+    /// A write ended part-way (failed, or given up for a kick, shutdown or a stalled peer):
+    /// the stream may stop inside a packet, so nothing more is written to it.
+    fn abandon_output(&mut self) {
+        self.write_buf.clear();
+        self.output_abandoned = true;
+    }
+
+    /// Writes the rest of the write buffer, waiting for the socket.
     async fn flush_wait(
         &mut self,
         transport: &mut Transport,
         shutdown: &CancellationToken,
-        from: usize,
     ) -> Result<(), Exit> {
         // A peer that stops reading is dropped after 1.5 × keep-alive (or a minute without
         // keep-alive), as a peer that stops sending is.
@@ -555,20 +592,32 @@ impl Connection {
             k => Duration::from_millis(u64::from(k) * 1500),
         };
         let immediate_shutdown = self.broker.limits.drain_period.is_zero();
-        let rest = &self.write_buf[from..];
+        // Plain TCP writes advance the buffer as they go, so a write given up below leaves
+        // exactly the unsent rest, which `finish` sends before its DISCONNECT. Elsewhere a
+        // cancelled `write_all` may have sent part of it: nothing more may follow then.
+        let precise = transport.is_tcp();
         let result = tokio::select! {
-            r = transport.write_all(rest) => r,
-            _ = self.claim.kicked() => return Err(Exit::TakenOver),
+            r = write_rest(transport, &mut self.write_buf) => r,
+            _ = self.claim.kicked() => Err(Exit::TakenOver),
             // A drain spread over a period lets writes finish; the run loop decides when.
-            _ = shutdown.cancelled(), if immediate_shutdown => return Err(Exit::Shutdown),
+            _ = shutdown.cancelled(), if immediate_shutdown => Err(Exit::Shutdown),
             _ = tokio::time::sleep(patience) => {
-                return Err(Exit::violation(DisconnectReasonCode::KeepAliveTimeout, "client stopped reading"));
+                Err(Exit::violation(DisconnectReasonCode::KeepAliveTimeout, "client stopped reading"))
             }
         };
-        result.map_err(|e| {
-            debug!(error = %e, "write failed");
-            Exit::Closed
-        })
+        match result {
+            Ok(()) => Ok(()),
+            Err(Exit::Closed) => {
+                self.abandon_output();
+                Err(Exit::Closed)
+            }
+            Err(exit) => {
+                if !precise {
+                    self.abandon_output();
+                }
+                Err(exit)
+            }
+        }
     }
 
     fn flush_delivery_metrics(&mut self) {
@@ -628,7 +677,11 @@ impl Connection {
             Exit::ClientDisconnect { .. } => debug!("client disconnected"),
             other => debug!(exit = ?other, "connection closed"),
         }
-        if let (true, Some(code)) = (self.version.is_v5(), exit.server_reason()) {
+        if let (true, Some(code), false) = (
+            self.version.is_v5(),
+            exit.server_reason(),
+            self.output_abandoned,
+        ) {
             let mut d = Disconnect::new();
             d.reason_code = code;
             if let Exit::Moved = &exit {
@@ -651,7 +704,7 @@ impl Connection {
             }
             let _ = codec::encode_packet(&Packet::Disconnect(d), self.version, &mut self.write_buf);
         }
-        if !self.write_buf.is_empty() {
+        if !self.write_buf.is_empty() && !self.output_abandoned {
             let _ = tokio::time::timeout(
                 handshake::CLOSE_FLUSH_TIMEOUT,
                 transport.write_all(&self.write_buf),

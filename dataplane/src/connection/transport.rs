@@ -129,6 +129,20 @@ impl Transport {
         Ok(written)
     }
 
+    /// Whether this is plain TCP (writes can be made without a future, `write_now`).
+    pub fn is_tcp(&self) -> bool {
+        matches!(self, Self::Tcp(_))
+    }
+
+    /// Writes some of `data` (plain TCP: cancel-safe, nothing is written unless it returns);
+    /// other transports write all of it.
+    pub async fn write_some(&mut self, data: &[u8]) -> io::Result<usize> {
+        match self {
+            Self::Tcp(stream) => stream.write(data).await,
+            _ => self.write_all(data).await.map(|()| data.len()),
+        }
+    }
+
     /// Writes all of `data`.
     pub async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
         match self {

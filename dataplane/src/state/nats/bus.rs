@@ -384,9 +384,7 @@ impl NatsState {
             return;
         }
         if let Some(router) = self.router() {
-            for message in messages {
-                router.route_remote(filter.clone(), message).await;
-            }
+            router.route_remote(filter.clone(), messages).await;
         }
     }
 }

@@ -1,5 +1,5 @@
-//! A published message as NATS headers and payload. The payload travels untouched, so
-//! NATS-native subscribers and the rule engine read it as is; MQTT metadata goes in
+//! A published message as NATS headers and payload. The payload travels untouched (but for
+//! batches, below), so NATS-native subscribers read it as is; MQTT metadata goes in
 //! headers:
 //!
 //! | header | value |
@@ -172,7 +172,8 @@ fn split_batch(payload: &Bytes, count: usize) -> Option<Vec<Bytes>> {
     if count == 0 || count >= usize::from(u16::MAX) {
         return None;
     }
-    let mut parts = Vec::with_capacity(count);
+    // Each part takes at least its 4-byte length: a header cannot make us reserve more.
+    let mut parts = Vec::with_capacity(count.min(payload.len() / 4));
     let mut at = 0usize;
     for _ in 0..count {
         let len = payload.get(at..at + 4)?;

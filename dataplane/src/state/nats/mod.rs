@@ -29,7 +29,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{State, StateError};
-use crate::broker::message::Message;
 use crate::broker::will::Will;
 pub use names::Names;
 
@@ -49,8 +48,9 @@ pub struct NatsConfig {
 
 /// What the bus hands to the hub: messages for its sessions and takeover requests.
 pub trait Router: Send + Sync {
-    /// A message that arrived through the subscription for `filter` (full filter text).
-    fn route_remote(&self, filter: Arc<str>, message: Arc<Message>) -> BoxFuture<'_, ()>;
+    /// The messages of one NATS message (one, or a stored batch's, in order) that arrived
+    /// through the subscription for `filter` (full filter text).
+    fn route_remote(&self, filter: Arc<str>, messages: codec::Messages) -> BoxFuture<'_, ()>;
     /// Another hub takes the session of `client_id` over: close its connection here and
     /// resolve once its state is saved. Returns whether a connection was closed.
     fn evict(&self, client_id: String) -> BoxFuture<'_, bool>;
