@@ -105,18 +105,7 @@ impl MessageBus for NatsState {
                 // Stream TTLs are whole seconds, at least one.
                 publish = publish.ttl(std::time::Duration::from_secs(left.as_secs().max(1)));
             }
-            let ack = self
-                .js
-                .send_publish(subject, publish)
-                .await
-                .map_err(|e| unavailable("storing a message", e))?;
-            let done: StoreAck = Box::pin(async move {
-                ack.await.map(|_| ()).map_err(|e| match e.kind() {
-                    PublishErrorKind::TimedOut => unavailable("storing a message", "timed out"),
-                    _ => unavailable("storing a message", e),
-                })
-            });
-            Ok(done)
+            self.send_stored(subject, publish).await
         })
     }
 
@@ -139,18 +128,7 @@ impl MessageBus for NatsState {
             let publish = async_nats::jetstream::message::PublishMessage::build()
                 .payload(payload)
                 .headers(headers);
-            let ack = self
-                .js
-                .send_publish(subject, publish)
-                .await
-                .map_err(|e| unavailable("storing a message", e))?;
-            let done: StoreAck = Box::pin(async move {
-                ack.await.map(|_| ()).map_err(|e| match e.kind() {
-                    PublishErrorKind::TimedOut => unavailable("storing a message", "timed out"),
-                    _ => unavailable("storing a message", e),
-                })
-            });
-            Ok(done)
+            self.send_stored(subject, publish).await
         })
     }
 
@@ -331,6 +309,26 @@ async fn next_stored(
 }
 
 impl NatsState {
+    /// Sends one message to its stream; resolves, once it is on its way, to the stream's
+    /// acknowledgement still to come.
+    async fn send_stored(
+        &self,
+        subject: String,
+        publish: async_nats::jetstream::message::PublishMessage,
+    ) -> Result<StoreAck, StateError> {
+        let ack = self
+            .js
+            .send_publish(subject, publish)
+            .await
+            .map_err(|e| unavailable("storing a message", e))?;
+        Ok(Box::pin(async move {
+            ack.await.map(|_| ()).map_err(|e| match e.kind() {
+                PublishErrorKind::TimedOut => unavailable("storing a message", "timed out"),
+                _ => unavailable("storing a message", e),
+            })
+        }))
+    }
+
     fn topic_of_stored(&self, shard: u16, subject: &str) -> Option<String> {
         let prefix = self.names.stored_pattern(shard, "");
         subject_to_topic(subject.strip_prefix(prefix.as_str())?).ok()
